@@ -1,0 +1,24 @@
+"""gdnc: a compiler from gated linear-attention recurrences to fast Hopper kernels."""
+from gdnc import reference
+from gdnc.ir import (
+                     I,
+                     Input,
+                     Key,
+                     Recurrence,
+                     S,
+                     UnsupportedRecurrence,
+                     classify,
+                     diag,
+                     exp,
+                     get_variant,
+                     hadamard,
+                     k,
+                     q,
+                     v,
+                     variants,
+)
+
+__version__ = "0.1.0"
+
+__all__ = ["I", "Input", "Key", "Recurrence", "S", "UnsupportedRecurrence", "classify", "diag", "exp",
+           "get_variant", "hadamard", "k", "q", "reference", "v", "variants"]

@@ -1,0 +1,65 @@
+"""gdnc's command line: list and show recurrences, check them against the references."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_list(args) -> int:
+    from gdnc.ir import classify, get_variant, variants
+
+    for name in variants():
+        rec = get_variant(name)
+        axes = classify(rec).axes()
+        print(f"{name:<12} decay={axes['decay']:<7} transition={axes['transition']:<19} {rec.description}")
+    return 0
+
+
+def _cmd_show(args) -> int:
+    from gdnc.ir import classify
+    from gdnc.ir.describe import describe
+
+    print(describe(classify(_variant(args.variant))))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from gdnc.check import check_references
+
+    ok = True
+    for name in args.variants or ["gdn"]:
+        result = check_references(_variant(name), T=args.T, chunk_size=args.chunk_size, seed=args.seed)
+        print(result.summary())
+        ok &= result.passed
+    return 0 if ok else 1
+
+
+def _variant(name):
+    from gdnc.ir import get_variant
+
+    try:
+        return get_variant(name)
+    except ValueError as e:
+        raise SystemExit(f"gdnc: {e}") from None
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="gdnc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="the built-in recurrences and their classification").set_defaults(func=_cmd_list)
+    show = sub.add_parser("show", help="a recurrence, its classification and its derived chunked form")
+    show.add_argument("variant")
+    show.set_defaults(func=_cmd_show)
+    check = sub.add_parser("check", help="check the chunked form against the token-by-token reference "
+                                         "(float64, fresh random inputs, outputs and all gradients)")
+    check.add_argument("variants", nargs="*", help="variants to check (default: gdn)")
+    check.add_argument("--T", type=int, default=1000, help="tokens per sequence (default 1000)")
+    check.add_argument("--chunk-size", type=int, default=64)
+    check.add_argument("--seed", type=int, default=None, help="default: fresh inputs every run")
+    check.set_defaults(func=_cmd_check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The chunked (WY / UT) form gdnc derives from a recurrence's canonical form, in any dtype.
+
+Per chunk of L <= C tokens, with the chunk-local inclusive cumsum of the log decay l_i (a scalar, or
+a K-vector for per-K decay) and the chunk-start state S0:
+
+    Γ_i   = exp(l_i)                      (<= 1)
+    M_ij  = Σ_c r_ic d_jc exp(l_ic − l_jc)               j < i   (erase key r, direction d)
+    U     = (I + diag(β) M)⁻¹ (X − diag(β) (Γ ⊙ R) S0)   (U = X for an identity transition)
+    O     = scale · [(Γ_q ⊙ P) S0 + Pg U],  Pg_ij = Σ_c p_ic d_jc exp(l_q,ic − l_jc),  j <= i
+            (read "before": l_q,i = l_{i−1} and j < i)
+    S_end = exp(l_last) ⊙ S0 + (d ⊙ exp(l_last − l))ᵀ U
+
+Every exponent is a difference l_i − l_j with j <= i taken under its mask, so no exp of a positive
+argument appears for gates g <= 0, however strong the decay.
+"""
+from __future__ import annotations
+
+import torch
+
+from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
+from gdnc.ir.evaluate import evaluate
+from gdnc.ir.recurrence import Recurrence
+from gdnc.reference.problem import Problem, fold_heads, prepare, run, unfold_heads
+
+
+def chunked(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_final_state=False,
+            cu_seqlens=None, chunk_size=64, dtype=torch.float64, **inputs):
+    """Run ``rec`` in chunked form with chunks of ``chunk_size`` tokens. Differentiable.
+
+    Same arguments and results as ``gdnc.reference.recurrent``.
+    """
+    form = classify(rec)
+    if form.decay_channel == "V":
+        raise UnsupportedRecurrence(
+            f"{rec.name}: the chunked form of a per-V decay is not derived yet (scalar, per-head and "
+            "per-K decays are); use gdnc.reference.recurrent")
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    problem = prepare(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                      inputs=inputs, dtype=dtype)
+    return run(problem, lambda p, t, h0: _chunks(form, p, t, h0, chunk_size), output_final_state)
+
+
+def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> dict:
+    """The canonical form's per-token quantities for all tokens of a group, heads folded:
+    read p, direction d, erase key r [NH, T, K]; write value x [NH, T, V]; erase coefficient β
+    [NH, T] (or None); log decay l [NH, T] (scalar) or [NH, T, K] (per-K)."""
+    leaves = {}
+    for name, x in tensors.items():
+        x = fold_heads(x)
+        leaves[name] = x[..., None, None] if x.dim() == 2 else x[..., None]
+    shape = leaves["v"].shape[:2]
+
+    def vector(expr):
+        return evaluate(expr, leaves)[..., 0]
+
+    def scalar(expr):
+        value = torch.as_tensor(evaluate(expr, leaves), dtype=leaves["v"].dtype, device=leaves["v"].device)
+        return torch.broadcast_to(value, (*shape, 1, 1))[..., 0, 0]
+
+    log_decay = scalar(form.log_decay)
+    if form.decay_channel == "K":
+        log_decay = vector(form.log_decay_vector) + log_decay[..., None]
+    erase = form.erase_coef is not None
+    return {"p": vector(form.read_vector), "d": vector(form.direction), "x": vector(form.write_value),
+            "r": vector(form.erase_key) if erase else None, "beta": scalar(form.erase_coef) if erase else None,
+            "l": log_decay}
+
+
+def gated_inner(a, b, la, lb, *, strict: bool, unit_boundary: bool):
+    """Σ_c a_ic b_jc exp(la_ic − lb_jc) for j <= i (j < i if strict), zero above.
+
+    a, b: [NH, L, K]; la, lb: [NH, L] (scalar gate) or [NH, L, K] (per-K gate). Returns [NH, L, L].
+    The exponent is masked before exp, so entries above the diagonal never exponentiate.
+    unit_boundary: the exponent on the last kept diagonal is identically 0 (la_i = lb_i, or for a
+    read before the update la_i = lb_(i-1)); there the gate is the constant 1, so that no pair of
+    opposite O(1) gradients flows into l only to cancel — under strong decay the true gate gradient
+    is ~exp(-30) and such a cancellation would leave a rounding error far larger than it.
+    """
+    L = a.shape[1]
+    boundary = -1 if strict else 0
+    keep = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(boundary)
+    exact_one = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(boundary).triu(boundary) \
+        if unit_boundary else torch.zeros(L, L, dtype=torch.bool, device=a.device)
+    gated = keep & ~exact_one
+    if la.dim() == 2:
+        gate = torch.where(gated, la[:, :, None] - lb[:, None, :], float("-inf")).exp() + exact_one
+        return (a @ b.transpose(-1, -2)) * gate
+    gate = torch.where(gated[..., None], la[:, :, None, :] - lb[:, None, :, :], float("-inf")).exp() \
+        + exact_one[..., None]
+    return torch.einsum("nik,njk,nijk->nij", a, b, gate)
+
+
+def scale_rows(gate, x):
+    """x [NH, L, K] scaled by exp-gates [NH, L] (per row) or [NH, L, K] (per element)."""
+    return x * (gate[..., None] if gate.dim() == 2 else gate)
+
+
+def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size: int):
+    N, T = tensors["v"].shape[:2]
+    tok = token_quantities(form, problem, tensors)
+    NH = tok["x"].shape[0]
+    state = fold_heads(h0[:, None])[:, 0] if h0 is not None else \
+        tok["x"].new_zeros(NH, problem.K, problem.V)
+    read_before = form.read == "before"
+    outs = []
+    for start in range(0, T, chunk_size):
+        c = {name: (x[:, start:start + chunk_size] if x is not None else None) for name, x in tok.items()}
+        l = c["l"].cumsum(1)
+        l_q = torch.cat([torch.zeros_like(l[:, :1]), l[:, :-1]], 1) if read_before else l
+        if c["beta"] is not None:
+            m = gated_inner(c["r"], c["d"], l, l, strict=True, unit_boundary=False)
+            eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
+            system = eye + c["beta"][..., None] * m
+            rhs = c["x"] - c["beta"][..., None] * (scale_rows(l.exp(), c["r"]) @ state)
+            u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
+        else:
+            u = c["x"]
+        o = scale_rows(l_q.exp(), c["p"]) @ state \
+            + gated_inner(c["p"], c["d"], l_q, l, strict=read_before, unit_boundary=True) @ u
+        outs.append(problem.scale * o)
+        # l_last − l_j as a suffix sum of the token decays after j: the last token's is a constant 0
+        to_end = torch.cat([c["l"][:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(c["l"][:, :1])], 1)
+        state_decay = l[:, -1:].exp()[..., None] if l.dim() == 2 else l[:, -1:].exp().transpose(1, 2)
+        state = state * state_decay + scale_rows(to_end.exp(), c["d"]).transpose(1, 2) @ u
+    o = unfold_heads(torch.cat(outs, dim=1), N)
+    return o, state.reshape(N, problem.HV, problem.K, problem.V)

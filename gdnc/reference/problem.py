@@ -1,0 +1,163 @@
+"""Validation and layout of a call, shared by every executor of a recurrence.
+
+FLA's conventions: q, k [B, T, H, K]; v [B, T, HV, V] with HV a multiple of H (GVA: value head i
+reads q/k head i // (HV // H)); per-token scalar inputs [B, T, HV]; per-head inputs [HV]; per-channel
+inputs [B, T, HV, K|V]; extra keys [B, T, H, K]; initial/final state [N, HV, K, V]; varlen packs N
+sequences into B = 1 with cu_seqlens [N + 1].
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import torch
+
+from gdnc.ir.recurrence import Recurrence
+from gdnc.ir.symbols import HeadScalar, KeyVector, input_layout, input_shape
+
+
+@dataclasses.dataclass
+class Problem:
+    """A validated call. ``tensors`` are per value head, per token, in the compute dtype:
+    q, k and keys [B, T, HV, K]; v [B, T, HV, V]; scalars [B, T, HV]; channels [B, T, HV, K|V]."""
+
+    rec: Recurrence
+    tensors: dict[str, torch.Tensor]
+    initial_state: torch.Tensor | None  # [N, HV, K, V]
+    cu_seqlens: list[int] | None
+    scale: float
+    B: int
+    T: int
+    HV: int
+    K: int
+    V: int
+
+    @property
+    def num_sequences(self) -> int:
+        return self.B if self.cu_seqlens is None else len(self.cu_seqlens) - 1
+
+    def groups(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
+        """Batches of equal-length sequences: all of B at once, or each varlen sequence alone.
+        Yields (tensors [N, T_n, HV, ...], initial state [N, HV, K, V] or None)."""
+        if self.cu_seqlens is None:
+            yield self.tensors, self.initial_state
+            return
+        for n, (bos, eos) in enumerate(zip(self.cu_seqlens[:-1], self.cu_seqlens[1:])):
+            h0 = None if self.initial_state is None else self.initial_state[n:n + 1]
+            yield {name: x[:, bos:eos] for name, x in self.tensors.items()}, h0
+
+
+Executor = Callable[[Problem, dict, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor]]
+
+
+def run(problem: Problem, executor: Executor, output_final_state: bool):
+    """Run ``executor`` over the problem's sequence groups and assemble FLA's outputs:
+    o [B, T, HV, V] and final_state [N, HV, K, V] (or None)."""
+    outs, states = [], []
+    for tensors, h0 in problem.groups():
+        o, ht = executor(problem, tensors, h0)
+        outs.append(o)
+        states.append(ht)
+    o = torch.cat(outs, dim=1)
+    return o, (torch.cat(states, dim=0) if output_final_state else None)
+
+
+def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
+            dtype: torch.dtype) -> Problem:
+    """Check every argument against the recurrence and FLA's layouts; raise naming the argument."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _check_float_tensor(name, x)
+    if q.dim() != 4:
+        raise ValueError(f"q must be [B, T, H, K] (4-D), got shape {tuple(q.shape)}")
+    B, T, H, K = q.shape
+    if tuple(k.shape) != tuple(q.shape):
+        raise ValueError(f"k must have q's shape [B, T, H, K] = {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.dim() != 4 or tuple(v.shape[:2]) != (B, T):
+        raise ValueError(f"v must be [B, T, HV, V] with B={B}, T={T} as in q, got shape {tuple(v.shape)}")
+    HV, V = v.shape[2], v.shape[3]
+    if T < 1 or min(H, K, HV, V) < 1:
+        raise ValueError(f"empty dimension: q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if HV % H:
+        raise ValueError(f"v has HV={HV} heads, which is not a multiple of q/k's H={H} (GVA needs HV = G*H)")
+    device = q.device
+
+    expected = {a.name: a for a in rec.inputs}
+    missing = sorted(set(expected) - set(inputs))
+    extra = sorted(set(inputs) - set(expected))
+    signature = ", ".join(f"{n} {input_layout(a)}" for n, a in expected.items()) or "none"
+    if missing:
+        raise TypeError(f"{rec.name}: missing input {', '.join(map(repr, missing))}; "
+                        f"expected inputs: {signature}")
+    if extra:
+        raise TypeError(f"{rec.name}: unexpected input {', '.join(map(repr, extra))}; "
+                        f"expected inputs: {signature}")
+
+    group = HV // H
+    tensors = {"q": q.repeat_interleave(group, 2), "k": k.repeat_interleave(group, 2), "v": v}
+    for name, sym in expected.items():
+        x = inputs[name]
+        _check_float_tensor(name, x)
+        shape = input_shape(sym, B, T, H, HV, K, V)
+        if tuple(x.shape) != shape:
+            raise ValueError(f"{name} must be {input_layout(sym)} = {shape}, got shape {tuple(x.shape)}")
+        if isinstance(sym, KeyVector):
+            x = x.repeat_interleave(group, 2)
+        elif isinstance(sym, HeadScalar):
+            x = x.expand(B, T, HV)
+        tensors[name] = x
+    for name, x in tensors.items():
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device}, but q is on {device}; all tensors must share a device")
+    tensors = {name: x.to(dtype) for name, x in tensors.items()}
+
+    seqlens = _check_cu_seqlens(cu_seqlens, B, T, device)
+    N = B if seqlens is None else len(seqlens) - 1
+    if initial_state is not None:
+        _check_float_tensor("initial_state", initial_state)
+        if tuple(initial_state.shape) != (N, HV, K, V):
+            raise ValueError(f"initial_state must be [N, HV, K, V] = {(N, HV, K, V)} for {N} sequence(s), "
+                             f"got shape {tuple(initial_state.shape)}")
+        if initial_state.device != device:
+            raise ValueError(f"initial_state is on {initial_state.device}, but q is on {device}")
+        initial_state = initial_state.to(dtype)
+
+    if scale is None:
+        scale = K ** -0.5
+    elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        raise TypeError(f"scale must be a float or None (K^-0.5), got {type(scale).__name__}: {scale!r}")
+    return Problem(rec, tensors, initial_state, seqlens, float(scale), B, T, HV, K, V)
+
+
+def _check_float_tensor(name, x):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+
+
+def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
+    if cu_seqlens is None:
+        return None
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise TypeError(f"cu_seqlens must be a 1-D integer torch.Tensor, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise TypeError(f"cu_seqlens must be a 1-D int32/int64 tensor of N+1 offsets, got dtype "
+                        f"{cu_seqlens.dtype} and shape {tuple(cu_seqlens.shape)}")
+    if B != 1:
+        raise ValueError(f"cu_seqlens packs sequences along T and needs B = 1, got B = {B}")
+    if cu_seqlens.device != device:
+        raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, but q is on {device}")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0 or offsets[-1] != T or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to T={T} (no empty sequences), got {offsets}")
+    return offsets
+
+
+def fold_heads(x: torch.Tensor) -> torch.Tensor:
+    """[N, T, HV, ...] -> [N*HV, T, ...]: sequences and heads become one batch dimension."""
+    return x.transpose(1, 2).reshape(x.shape[0] * x.shape[2], x.shape[1], *x.shape[3:])
+
+
+def unfold_heads(x: torch.Tensor, N: int) -> torch.Tensor:
+    """[N*HV, T, ...] -> [N, T, HV, ...]."""
+    return x.reshape(N, x.shape[0] // N, *x.shape[1:]).transpose(1, 2)
