@@ -34,6 +34,16 @@ def _cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def _cmd_explain(args) -> int:
+    import json
+
+    from gdnc.explain import explain, format_explain
+
+    report = explain(_variant(args.variant), C=args.C, K=args.K, V=args.V)
+    print(json.dumps(report, indent=1) if args.json else format_explain(report, show_programs=not args.costs_only))
+    return 0
+
+
 def _variant(name):
     from gdnc.ir import get_variant
 
@@ -57,6 +67,14 @@ def main(argv=None) -> int:
     check.add_argument("--chunk-size", type=int, default=64)
     check.add_argument("--seed", type=int, default=None, help="default: fresh inputs every run")
     check.set_defaults(func=_cmd_check)
+    exp = sub.add_parser("explain", help="the chunk programs after each rewrite pass, with their costs")
+    exp.add_argument("variant")
+    exp.add_argument("--C", type=int, default=64)
+    exp.add_argument("--K", type=int, default=128)
+    exp.add_argument("--V", type=int, default=128)
+    exp.add_argument("--json", action="store_true", help="machine-readable report")
+    exp.add_argument("--costs-only", action="store_true", help="the cost table without the programs")
+    exp.set_defaults(func=_cmd_explain)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -14,6 +14,7 @@ from gdnc.ir.symbols import (
     KeyVector,
     TokenScalar,
     V,
+    input_layout,
     sstr,
 )
 
@@ -66,7 +67,9 @@ class Recurrence:
     @cached_property
     def ir_hash(self) -> str:
         """A short stable hash of the math (not the name): keys caches of derived kernels."""
-        text = "|".join((sp.srepr(self.update), sp.srepr(self.output), self.read))
+        # printed forms, not srepr: sympy's elementwise exp carries a Dummy whose index changes per process
+        layouts = ",".join(f"{a.name}:{input_layout(a)}" for a in self.inputs)
+        text = "|".join((sstr(self.update), sstr(self.output), self.read, layouts))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def equation(self) -> str:

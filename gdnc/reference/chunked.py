@@ -19,6 +19,7 @@ import torch
 
 from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
 from gdnc.ir.evaluate import evaluate
+from gdnc.ir.gates import pair_gate
 from gdnc.ir.recurrence import Recurrence
 from gdnc.reference.problem import Problem, fold_heads, prepare, run, unfold_heads
 
@@ -67,27 +68,14 @@ def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> di
             "l": log_decay}
 
 
-def gated_inner(a, b, la, lb, *, strict: bool, unit_boundary: bool):
-    """Σ_c a_ic b_jc exp(la_ic − lb_jc) for j <= i (j < i if strict), zero above.
+def gated_inner(a, b, l, mode: str):
+    """Σ_c a_ic b_jc G_ijc for the chunk's pairwise decay gate G (gdnc.ir.gates.pair_gate).
 
-    a, b: [NH, L, K]; la, lb: [NH, L] (scalar gate) or [NH, L, K] (per-K gate). Returns [NH, L, L].
-    The exponent is masked before exp, so entries above the diagonal never exponentiate.
-    unit_boundary: the exponent on the last kept diagonal is identically 0 (la_i = lb_i, or for a
-    read before the update la_i = lb_(i-1)); there the gate is the constant 1, so that no pair of
-    opposite O(1) gradients flows into l only to cancel — under strong decay the true gate gradient
-    is ~exp(-30) and such a cancellation would leave a rounding error far larger than it.
+    a, b: [NH, L, K]; l: [NH, L] (scalar gate) or [NH, L, K] (per-K gate). Returns [NH, L, L].
     """
-    L = a.shape[1]
-    boundary = -1 if strict else 0
-    keep = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(boundary)
-    exact_one = torch.ones(L, L, dtype=torch.bool, device=a.device).tril(boundary).triu(boundary) \
-        if unit_boundary else torch.zeros(L, L, dtype=torch.bool, device=a.device)
-    gated = keep & ~exact_one
-    if la.dim() == 2:
-        gate = torch.where(gated, la[:, :, None] - lb[:, None, :], float("-inf")).exp() + exact_one
+    gate = pair_gate(l, l, mode)
+    if l.dim() == 2:
         return (a @ b.transpose(-1, -2)) * gate
-    gate = torch.where(gated[..., None], la[:, :, None, :] - lb[:, None, :, :], float("-inf")).exp() \
-        + exact_one[..., None]
     return torch.einsum("nik,njk,nijk->nij", a, b, gate)
 
 
@@ -109,7 +97,7 @@ def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size
         l = c["l"].cumsum(1)
         l_q = torch.cat([torch.zeros_like(l[:, :1]), l[:, :-1]], 1) if read_before else l
         if c["beta"] is not None:
-            m = gated_inner(c["r"], c["d"], l, l, strict=True, unit_boundary=False)
+            m = gated_inner(c["r"], c["d"], l, "strict")
             eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
             system = eye + c["beta"][..., None] * m
             rhs = c["x"] - c["beta"][..., None] * (scale_rows(l.exp(), c["r"]) @ state)
@@ -117,7 +105,7 @@ def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size
         else:
             u = c["x"]
         o = scale_rows(l_q.exp(), c["p"]) @ state \
-            + gated_inner(c["p"], c["d"], l_q, l, strict=read_before, unit_boundary=True) @ u
+            + gated_inner(c["p"], c["d"], l, "shifted" if read_before else "inclusive") @ u
         outs.append(problem.scale * o)
         # l_last − l_j as a suffix sum of the token decays after j: the last token's is a constant 0
         to_end = torch.cat([c["l"][:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(c["l"][:, :1])], 1)

@@ -1,0 +1,66 @@
+"""Symbolic proofs (sympy, exact) of the identities behind the rewrites, on small explicit matrices."""
+import sympy as sp
+
+C, K, V = 3, 2, 2
+
+
+def sym_matrix(name, rows, cols):
+    return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}{i}{j}", real=True))
+
+
+def strict_lower(m):
+    return sp.Matrix(m.rows, m.cols, lambda i, j: m[i, j] if i > j else 0)
+
+
+def decay_mask(l, inclusive=True):
+    return sp.Matrix(C, C, lambda i, j: sp.exp(l[i] - l[j]) if (i > j or inclusive and i == j) else 0)
+
+
+l = [sp.Symbol(f"l{i}", real=True) for i in range(C)]
+beta = sp.diag(*[sp.Symbol(f"b{i}", positive=True) for i in range(C)])
+R, D = sym_matrix("r", C, K), sym_matrix("d", C, K)
+
+
+def test_hoist_gates_identity():
+    """(I + SL(diag β (R Dᵀ ⊙ Γ)))⁻¹ = G ⊙ (I + SL(diag β R Dᵀ))⁻¹."""
+    gated = (sp.eye(C) + strict_lower(beta * (R * D.T).multiply_elementwise(decay_mask(l, False)))).inv()
+    free = (sp.eye(C) + strict_lower(beta * R * D.T)).inv()
+    assert sp.simplify(gated - decay_mask(l).multiply_elementwise(free)) == sp.zeros(C, C)
+
+
+def test_eliminate_wu_identity():
+    a, x, y, s = sym_matrix("a", C, C), sym_matrix("x", C, V), sym_matrix("y", C, K), sym_matrix("s", K, V)
+    assert sp.expand(a * x - (a * y) * s - a * (x - y * s)) == sp.zeros(C, V)
+    # β as a column scaling of A: A (β ⊙ X) − A(β ⊙ Y) S = (A diag β)(X − Y S)
+    assert sp.expand(a * (beta * x) - a * (beta * y) * s - (a * beta) * (x - y * s)) == sp.zeros(C, V)
+
+
+def test_exp2_identity():
+    x = sp.Symbol("x", real=True)
+    assert sp.simplify(sp.exp(x) - 2 ** (x * sp.log(sp.E, 2))) == 0
+
+
+def test_split_state_xy_identity():
+    """γ_L S + (D ⊙ r)ᵀ (G ⊙ A) Z = γ_L S + (Aᵀ D)ᵀ (r ⊙ X − γ_L diag β (R S)),
+    Z = X − diag β (Γ ⊙ R) S, A the gate-free inverse, l a cumsum (l_last = l[C-1])."""
+    x, s = sym_matrix("x", C, V), sym_matrix("s", K, V)
+    a = (sp.eye(C) + strict_lower(beta * R * D.T)).inv()
+    gamma = sp.diag(*[sp.exp(li) for li in l])
+    r = sp.diag(*[sp.exp(l[-1] - li) for li in l])
+    g_last = sp.exp(l[-1])
+    z = x - beta * gamma * R * s
+    fused = g_last * s + (r * D).T * decay_mask(l).multiply_elementwise(a) * z
+    split = g_last * s + (a.T * D).T * (r * x - g_last * beta * R * s)
+    assert sp.simplify(fused - split) == sp.zeros(K, V)
+
+
+def test_merge_gate_gradients_identity():
+    """Σ_u rowsum(dG_u ⊙ G) − colsum(dG_u ⊙ G) = rowsum(X) − colsum(X) with X = (Σ_u dG_u) ⊙ G."""
+    g, d1, d2 = sym_matrix("g", C, C), sym_matrix("p", C, C), sym_matrix("q", C, C)
+
+    def rows_minus_cols(m):
+        return sp.Matrix([sum(m.row(i)) - sum(m.col(i)) for i in range(C)])
+
+    separate = rows_minus_cols(d1.multiply_elementwise(g)) + rows_minus_cols(d2.multiply_elementwise(g))
+    merged = rows_minus_cols((d1 + d2).multiply_elementwise(g))
+    assert sp.expand(separate - merged) == sp.zeros(C, 1)
