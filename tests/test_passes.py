@@ -200,3 +200,19 @@ def test_explain_cli_json(capsys):
     assert set(report["programs"]) == {"forward", "state", "backward"}
     assert main(["explain", "comba", "--costs-only"]) == 0
     assert "== backward program ==" in capsys.readouterr().out
+
+
+def test_cse_and_dce_before_after():
+    from gdnc.ir.program import Builder
+    from gdnc.passes.cleanup import cse
+
+    p = _gdn_forward()
+    b = Builder(p)
+    twin = b.op("gemm", "q", "k", tb=True, name="P_twin")  # the same product as P
+    dead = b.op("exp", "g", base="e", name="unused")
+    p.outputs["extra"] = twin
+    merged = cse(p)
+    assert merged.outputs["extra"] == "P" and "P_twin -> P" in merged.log[-1]
+    cleaned = dce(merged)
+    assert dead not in {op.out for op in cleaned.ops} and "removed" in cleaned.log[-1]
+    assert dead in {op.out for op in merged.ops}

@@ -117,7 +117,7 @@ def _eval(op, a, values):
     raise ValueError(f"interpreter: unknown op {k}")
 
 
-def _chunk_tiles(problem: Problem, tensors: dict, names) -> dict[str, torch.Tensor]:
+def _chunk_tiles(tensors: dict, names) -> dict[str, torch.Tensor]:
     """All-token tiles per input name, heads folded: [NH, T, ...]."""
     return {n: fold_heads(tensors[n]) for n in names}
 
@@ -133,7 +133,7 @@ def run_forward(fwd: Program, problem: Problem, tensors: dict, h0, chunk_size: i
     """Forward over one group of sequences: (o [N, T, HV, V], final state [N, HV, K, V])."""
     N, T = tensors["v"].shape[:2]
     names = [n for n in fwd.inputs if n in tensors]
-    tiles = _chunk_tiles(problem, tensors, names)
+    tiles = _chunk_tiles(tensors, names)
     NH = N * problem.HV
     ref = tiles["v"]
     state = fold_heads(h0[:, None])[:, 0] if h0 is not None else ref.new_zeros(NH, problem.K, problem.V)
@@ -156,7 +156,7 @@ def run_backward(state_prog: Program, bwd: Program, problem: Problem, tensors: d
     backward program runs over the chunks in reverse, carrying dS. Returns d<name> per input
     ([N, T, HV, ...] layouts) and dh0 [N, HV, K, V]."""
     N, T = tensors["v"].shape[:2]
-    tiles = _chunk_tiles(problem, tensors, [n for n in tensors])
+    tiles = _chunk_tiles(tensors, list(tensors))
     NH = N * problem.HV
     ref = tiles["v"]
     dims = {"__K__": problem.K, "__V__": problem.V}
