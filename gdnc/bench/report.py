@@ -1,0 +1,280 @@
+"""Results of a benchmark run: results.json, results.md (the README's table) and latency.png.
+
+Works on the JSON dictionary alone (no torch, no GPU), so a results folder can be re-rendered
+anywhere:  python -m gdnc.bench.report benchmarks/results/<date>-<gpu>/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+# Two bf16 implementations of the same recurrence differ by a few 1e-3 (anchors.md: each sits at
+# ~3e-3 from float64); an order of magnitude more means one of them computes something else.
+ERROR_LIMIT = 1e-2
+
+JSON_NAME, MARKDOWN_NAME, PLOT_NAME = "results.json", "results.md", "latency.png"
+
+
+def measured_providers(results: dict) -> list[str]:
+    """Names of the providers that ran, in the run's order."""
+    return [p["name"] for p in results["providers"] if p["available"]]
+
+
+def _geomean(values: list[float]) -> float:
+    return math.exp(sum(math.log(x) for x in values) / len(values))
+
+
+def _ms(shape: dict, name: str) -> float | None:
+    entry = shape["results"].get(name)
+    return entry["ms"] if entry and entry.get("ms") is not None else None
+
+
+def ratio_stats(results: dict, name: str, over: str) -> dict | None:
+    """Geomean, min and max of time(name) / time(over) on the shapes where both ran."""
+    ratios = [_ms(s, name) / _ms(s, over) for s in results["shapes"]
+              if _ms(s, name) is not None and _ms(s, over)]
+    if not ratios:
+        return None
+    return {"geomean": _geomean(ratios), "min": min(ratios), "max": max(ratios), "shapes": len(ratios)}
+
+
+def summary(results: dict) -> dict:
+    """Per measured provider: geometric means of time / baseline and of time / floor."""
+    out = {}
+    for name in measured_providers(results):
+        over_floor = [_ms(s, name) / s["roofline"]["floor_ms"] for s in results["shapes"]
+                      if _ms(s, name) is not None]
+        out[name] = {
+            "shapes": len(over_floor),
+            "over_baseline": ratio_stats(results, name, results["baseline"]),
+            "over_floor": _geomean(over_floor) if over_floor else None,
+        }
+    return out
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.3f}" if ms < 10 else f"{ms:.2f}"
+
+
+def _fmt_err(err: float | None) -> str:
+    if err is None:
+        return "–"
+    text = f"{err:.1e}"
+    return text if err <= ERROR_LIMIT else f"**{text} (!)**"  # NaN fails this test too
+
+
+def _heads(shape: dict) -> str:
+    return f"{shape['h_qk']}/{shape['h_v']}"
+
+
+def _tokens(shape: dict) -> str:
+    return shape["mix"].replace("x", "×")
+
+
+def _latency_table(results: dict) -> list[str]:
+    base = results["baseline"]
+    names = measured_providers(results)
+    others = [n for n in names if n != base]
+    header = (["h_qk/h_v", "tokens", "floor ms"] + [f"{n} ms" for n in names]
+              + [f"{n} / {base}" for n in others] + [f"{base} / floor", f"{base} TFLOP/s",
+                                                     f"{base} GB/s"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for shape in results["shapes"]:
+        roof = shape["roofline"]
+        cells = [_heads(shape), _tokens(shape), f"{_fmt_ms(roof['floor_ms'])} ({roof['bound'][0]})"]
+        for name in names:
+            entry = shape["results"].get(name, {})
+            if entry.get("ms") is None:
+                cells.append("error" if entry.get("error") else "–")
+            else:
+                cells.append(f"{_fmt_ms(entry['ms'])} ±{entry['spread'] * 100:.0f}%")
+        base_ms = _ms(shape, base)
+        for name in others:
+            ms = _ms(shape, name)
+            cells.append(f"{ms / base_ms:.2f}" if ms is not None and base_ms else "–")
+        if base_ms:
+            entry = shape["results"][base]
+            cells += [f"{base_ms / roof['floor_ms']:.1f}", f"{entry['tflops']:.0f}",
+                      f"{entry['gbps']:.0f}"]
+        else:
+            cells += ["–", "–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _summary_table(results: dict) -> list[str]:
+    base = results["baseline"]
+    lines = [f"| provider | shapes | time / {base}, geomean (min–max) | time / floor, geomean |",
+             "|---|---|---|---|"]
+    for name, s in summary(results).items():
+        ob = s["over_baseline"]
+        ratio = f"{ob['geomean']:.2f} ({ob['min']:.2f}–{ob['max']:.2f})" if ob else "–"
+        floor = f"{s['over_floor']:.2f}" if s["over_floor"] else "–"
+        lines.append(f"| {name} | {s['shapes']} | {ratio} | {floor} |")
+    return lines
+
+
+def _published_section(results: dict) -> list[str]:
+    lines = []
+    for provider in results["providers"]:
+        pub = provider.get("published")
+        if not pub:
+            continue
+        lines += [f"## {provider['name']}: published numbers, not measured here", "",
+                  (f"{provider['name']} {provider['note']}. Source: {pub['source']}; "
+                   f"{pub['forward_cases']} forward cases, {provider['name']} faster than "
+                   f"FlashQLA in {pub['flashinfer_faster_cases']}."), "",
+                  "| time / FlashQLA, geomean (min–max) | published | this run |", "|---|---|---|"]
+        for peer, r in pub["time_ratio_over_flashqla"].items():
+            ours = ratio_stats(results, peer, "FlashQLA")
+            ours = (f"{ours['geomean']:.2f} ({ours['min']:.2f}–{ours['max']:.2f}), "
+                    f"{ours['shapes']} shapes" if ours else "not run")
+            lines.append(f"| {peer} | {r['geomean']:.2f} ({r['min']:.2f}–{r['max']:.2f}) | {ours} |")
+        lines += ["", "| shape | published ms |", "|---|---|"]
+        for shape_name, times in pub["examples_ms"].items():
+            lines.append(f"| {shape_name} | "
+                         + ", ".join(f"{peer} {ms:.3f}" for peer, ms in times.items()) + " |")
+        lines.append("")
+    return lines
+
+
+def _cold_start_table(results: dict) -> list[str]:
+    """First call (compilation and autotuning included) per provider and head configuration."""
+    first, total = {}, {}
+    for shape in results["shapes"]:
+        for name, entry in shape["results"].items():
+            if entry.get("first_call_s") is None:
+                continue
+            key = (name, _heads(shape))
+            first.setdefault(key, (shape["mix"], entry["first_call_s"]))
+            total[key] = total.get(key, 0.0) + entry["first_call_s"]
+    lines = ["| provider | h_qk/h_v | first call, first shape (s) | first calls, all its shapes (s) |",
+             "|---|---|---|---|"]
+    for (name, heads), (mix, seconds) in first.items():
+        lines.append(f"| {name} | {heads} | {seconds:.1f} ({mix.replace('x', '×')}) | "
+                     f"{total[(name, heads)]:.1f} |")
+    return lines
+
+
+def _correctness_table(results: dict) -> list[str]:
+    lines = ["| shape | compared | o | final_state |", "|---|---|---|---|"]
+    skipped = set()
+    for shape in results["shapes"]:
+        for pair in shape.get("cross_check", []):
+            lines.append(f"| {shape['name']} | {pair['a']} vs {pair['b']} | {_fmt_err(pair['o'])} | "
+                         f"{_fmt_err(pair['final_state'])} |")
+        ref = shape.get("float64")
+        if ref and ref["status"] == "ok":
+            for name, err in ref["errors"].items():
+                lines.append(f"| {shape['name']} | {name} vs float64 | {_fmt_err(err['o'])} | "
+                             f"{_fmt_err(err['final_state'])} |")
+        elif ref:
+            skipped.add(ref["status"])
+    if skipped:
+        lines += ["", *(f"float64 check {status}." for status in sorted(skipped))]
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The whole report; the first table is the one the README shows."""
+    dev, ceil = results["device"], results["ceilings"]
+    versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    methods = {entry["method"] for shape in results["shapes"]
+               for entry in shape["results"].values() if "method" in entry}
+    how = ("medians of CUDA-graph replays" if methods <= {"cuda_graph"} else
+           "medians of CUDA-graph replays, or of event-timed launches where capture failed "
+           "(see the notes at the end)")
+    lines = [
+        f"# GDN forward: {dev['name']}, {results['date']}", "",
+        (f"{'Quick subset' if results['settings']['quick'] else 'Full table'}, "
+        f"{len(results['shapes'])} shapes. Every provider ran in one process on the same fresh "
+        f"random inputs (seed {results['settings']['seed']}); times are {how}, ± is the spread "
+        f"between two repeats. Floor = max(FLOPs / GEMM rate, bytes / "
+        f"copy bandwidth) with this run's ceilings: bf16 GEMM "
+        f"{ceil['gemm']['flops_per_s'] / 1e12:.0f} TFLOP/s, device copy "
+        f"{ceil['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write); (c)/(m): compute or "
+        f"memory bound. Baseline for ratios: {results['baseline']}."), "",
+        f"Versions: {versions}.", "",
+        *_latency_table(results), "",
+        "## Geometric means", "", *_summary_table(results), "",
+        *_published_section(results),
+        "## Cold start (compilation included)", "", *_cold_start_table(results), "",
+        f"## Correctness (relative L2 error; (!) above {ERROR_LIMIT:g})", "",
+        *_correctness_table(results), "",
+        "## Providers", "",
+    ]
+    for p in results["providers"]:
+        version = f" {p['version']}" if p.get("version") else ""
+        lines.append(f"- {p['name']}{version}: {p['note']}")
+    problems = [f"- {shape['name']}, {name}: {entry.get('error') or entry.get('note')}"
+                for shape in results["shapes"] for name, entry in shape["results"].items()
+                if entry.get("error") or entry.get("note")]
+    problems += [f"- {skipped['name']}: not run, {skipped['reason']}"
+                 for skipped in results.get("not_run_shapes", [])]
+    if problems:
+        lines += ["", "## Errors and timing notes", "", *problems]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """Latency per shape for every measured provider, log scale, with the floor."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend, works headless
+
+    shapes = results["shapes"]
+    labels = [s["name"] for s in shapes]
+    xs = range(len(shapes))
+    fig = Figure(figsize=(max(8.0, 0.4 * len(shapes) + 3), 5.5), layout="constrained")
+    ax = fig.add_subplot()
+    # Shapes are categories, not a series: the floor is a bar per shape, providers sit side by side.
+    ax.plot(xs, [s["roofline"]["floor_ms"] for s in shapes], "k_", ms=14, mew=1.5, ls="",
+            label="floor")
+    names = measured_providers(results)
+    for i, (name, marker) in enumerate(zip(names, "osD^v<>p*")):
+        offset = 0.15 * (i - (len(names) - 1) / 2)
+        points = [(x + offset, _ms(s, name)) for x, s in zip(xs, shapes) if _ms(s, name) is not None]
+        if points:
+            ax.plot(*zip(*points), marker=marker, ls="", label=name)
+    ax.set_yscale("log")
+    ax.set_xticks(list(xs), labels, rotation=90, fontsize=8)
+    ax.set_ylabel("forward latency, ms (log)")
+    ax.set_title(f"GDN forward, {results['device']['name']}, {results['date']}")
+    ax.grid(True, which="both", axis="y", alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+
+
+def write_json(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / JSON_NAME
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    return path
+
+
+def write_all(results: dict, out_dir: Path) -> list[Path]:
+    """results.json (with the summary), results.md and latency.png."""
+    results["summary"] = summary(results)
+    written = [write_json(results, out_dir), out_dir / MARKDOWN_NAME, out_dir / PLOT_NAME]
+    written[1].write_text(markdown(results))
+    plot(results, written[2])
+    return written
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gdnc.bench.report",
+                                     description="Re-render results.md and latency.png from "
+                                                 "a results folder's results.json.")
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args(argv)
+    source = args.folder / JSON_NAME
+    if not source.is_file():
+        raise SystemExit(f"{source} does not exist")
+    for path in write_all(json.loads(source.read_text()), args.folder):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
