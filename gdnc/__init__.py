@@ -1,5 +1,6 @@
 """gdnc: a compiler from gated linear-attention recurrences to fast Hopper kernels."""
 from gdnc import reference
+from gdnc.ops import chunk_gated_delta_rule
 from gdnc.ir import (
                      I,
                      Input,
@@ -20,5 +21,5 @@ from gdnc.ir import (
 
 __version__ = "0.1.0"
 
-__all__ = ["I", "Input", "Key", "Recurrence", "S", "UnsupportedRecurrence", "classify", "diag", "exp",
+__all__ = ["chunk_gated_delta_rule", "I", "Input", "Key", "Recurrence", "S", "UnsupportedRecurrence", "classify", "diag", "exp",
            "get_variant", "hadamard", "k", "q", "reference", "v", "variants"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -44,6 +45,30 @@ def _cmd_explain(args) -> int:
     return 0
 
 
+def _cmd_build(args) -> int:
+    import time
+
+    from gdnc.emit.build import cache_root, compile_many
+    from gdnc.emit.config import Heads
+    from gdnc.ops import sources_for
+
+    heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
+    start = time.perf_counter()
+    sources = {(h, name): src for h in heads for name, src in sources_for(h).items()}
+    print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "
+          f"{args.workers} workers, cache {cache_root()}", flush=True)
+    compile_many(sources, args.workers, progress=lambda done, key: print(
+        f"  [{done}/{len(sources)}] {key[0].h_qk}/{key[0].h_v} {key[1]} ({time.perf_counter() - start:.0f}s)",
+        flush=True))
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    from gdnc.bench.run import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def _variant(name):
     from gdnc.ir import get_variant
 
@@ -75,6 +100,14 @@ def main(argv=None) -> int:
     exp.add_argument("--json", action="store_true", help="machine-readable report")
     exp.add_argument("--costs-only", action="store_true", help="the cost table without the programs")
     exp.set_defaults(func=_cmd_explain)
+    build = sub.add_parser("build", help="compile the gdn kernels for head configurations ahead of time")
+    build.add_argument("heads", nargs="+", help="h_qk/h_v pairs, e.g. 16/32 2/8")
+    build.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    build.set_defaults(func=_cmd_build)
+    bench = sub.add_parser("bench", help="gdnc beside FlashQLA and FLA on the forward shapes (GPU)",
+                           add_help=False)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_cmd_bench)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -25,10 +25,12 @@ from gdnc.reference.problem import Problem, fold_heads, prepare, run, unfold_hea
 
 
 def chunked(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_final_state=False,
-            cu_seqlens=None, chunk_size=64, dtype=torch.float64, **inputs):
+            cu_seqlens=None, chunk_size=64, dtype=torch.float64, operand_dtype=None, **inputs):
     """Run ``rec`` in chunked form with chunks of ``chunk_size`` tokens. Differentiable.
 
-    Same arguments and results as ``gdnc.reference.recurrent``.
+    Same arguments and results as ``gdnc.reference.recurrent``. ``operand_dtype`` (e.g. bfloat16)
+    rounds every matrix-product operand to it, accumulating in ``dtype``: the chunked form run as a
+    tensor-core kernel runs it, the yardstick for a kernel's own error.
     """
     form = classify(rec)
     if form.decay_channel == "V":
@@ -39,7 +41,9 @@ def chunked(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     problem = prepare(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
                       inputs=inputs, dtype=dtype)
-    return run(problem, lambda p, t, h0: _chunks(form, p, t, h0, chunk_size), output_final_state)
+    mm = torch.matmul if operand_dtype is None else \
+        (lambda a, b: a.to(operand_dtype).to(dtype) @ b.to(operand_dtype).to(dtype))
+    return run(problem, lambda p, t, h0: _chunks(form, p, t, h0, chunk_size, mm), output_final_state)
 
 
 def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> dict:
@@ -68,14 +72,14 @@ def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> di
             "l": log_decay}
 
 
-def gated_inner(a, b, l, mode: str):
+def gated_inner(a, b, l, mode: str, mm=torch.matmul):
     """Σ_c a_ic b_jc G_ijc for the chunk's pairwise decay gate G (gdnc.ir.gates.pair_gate).
 
     a, b: [NH, L, K]; l: [NH, L] (scalar gate) or [NH, L, K] (per-K gate). Returns [NH, L, L].
     """
     gate = pair_gate(l, l, mode)
     if l.dim() == 2:
-        return (a @ b.transpose(-1, -2)) * gate
+        return mm(a, b.transpose(-1, -2)) * gate
     return torch.einsum("nik,njk,nijk->nij", a, b, gate)
 
 
@@ -84,7 +88,7 @@ def scale_rows(gate, x):
     return x * (gate[..., None] if gate.dim() == 2 else gate)
 
 
-def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size: int):
+def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size: int, mm):
     N, T = tensors["v"].shape[:2]
     tok = token_quantities(form, problem, tensors)
     NH = tok["x"].shape[0]
@@ -97,19 +101,19 @@ def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size
         l = c["l"].cumsum(1)
         l_q = torch.cat([torch.zeros_like(l[:, :1]), l[:, :-1]], 1) if read_before else l
         if c["beta"] is not None:
-            m = gated_inner(c["r"], c["d"], l, "strict")
+            m = gated_inner(c["r"], c["d"], l, "strict", mm)
             eye = torch.eye(m.shape[-1], dtype=m.dtype, device=m.device)
             system = eye + c["beta"][..., None] * m
-            rhs = c["x"] - c["beta"][..., None] * (scale_rows(l.exp(), c["r"]) @ state)
+            rhs = c["x"] - c["beta"][..., None] * mm(scale_rows(l.exp(), c["r"]), state)
             u = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True)
         else:
             u = c["x"]
-        o = scale_rows(l_q.exp(), c["p"]) @ state \
-            + gated_inner(c["p"], c["d"], l, "shifted" if read_before else "inclusive") @ u
+        o = mm(scale_rows(l_q.exp(), c["p"]), state) \
+            + mm(gated_inner(c["p"], c["d"], l, "shifted" if read_before else "inclusive", mm), u)
         outs.append(problem.scale * o)
         # l_last − l_j as a suffix sum of the token decays after j: the last token's is a constant 0
         to_end = torch.cat([c["l"][:, 1:].flip(1).cumsum(1).flip(1), torch.zeros_like(c["l"][:, :1])], 1)
         state_decay = l[:, -1:].exp()[..., None] if l.dim() == 2 else l[:, -1:].exp().transpose(1, 2)
-        state = state * state_decay + scale_rows(to_end.exp(), c["d"]).transpose(1, 2) @ u
+        state = state * state_decay + mm(scale_rows(to_end.exp(), c["d"]).transpose(1, 2), u)
     o = unfold_heads(torch.cat(outs, dim=1), N)
     return o, state.reshape(N, problem.HV, problem.K, problem.V)

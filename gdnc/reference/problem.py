@@ -62,8 +62,25 @@ def run(problem: Problem, executor: Executor, output_final_state: bool):
     return o, (torch.cat(states, dim=0) if output_final_state else None)
 
 
-def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
-            dtype: torch.dtype) -> Problem:
+@dataclasses.dataclass(frozen=True)
+class Shapes:
+    """The dimensions of a checked call."""
+
+    B: int
+    T: int
+    H: int
+    K: int
+    HV: int
+    V: int
+    seqlens: list[int] | None  # cu_seqlens as a list (varlen), or None
+    scale: float
+
+    @property
+    def num_sequences(self) -> int:
+        return self.B if self.seqlens is None else len(self.seqlens) - 1
+
+
+def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict) -> Shapes:
     """Check every argument against the recurrence and FLA's layouts; raise naming the argument."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_float_tensor(name, x)
@@ -91,24 +108,15 @@ def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, input
     if extra:
         raise TypeError(f"{rec.name}: unexpected input {', '.join(map(repr, extra))}; "
                         f"expected inputs: {signature}")
-
-    group = HV // H
-    tensors = {"q": q.repeat_interleave(group, 2), "k": k.repeat_interleave(group, 2), "v": v}
     for name, sym in expected.items():
         x = inputs[name]
         _check_float_tensor(name, x)
         shape = input_shape(sym, B, T, H, HV, K, V)
         if tuple(x.shape) != shape:
             raise ValueError(f"{name} must be {input_layout(sym)} = {shape}, got shape {tuple(x.shape)}")
-        if isinstance(sym, KeyVector):
-            x = x.repeat_interleave(group, 2)
-        elif isinstance(sym, HeadScalar):
-            x = x.expand(B, T, HV)
-        tensors[name] = x
-    for name, x in tensors.items():
+    for name, x in (("k", k), ("v", v), *inputs.items()):
         if x.device != device:
             raise ValueError(f"{name} is on {x.device}, but q is on {device}; all tensors must share a device")
-    tensors = {name: x.to(dtype) for name, x in tensors.items()}
 
     seqlens = _check_cu_seqlens(cu_seqlens, B, T, device)
     N = B if seqlens is None else len(seqlens) - 1
@@ -119,13 +127,31 @@ def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, input
                              f"got shape {tuple(initial_state.shape)}")
         if initial_state.device != device:
             raise ValueError(f"initial_state is on {initial_state.device}, but q is on {device}")
-        initial_state = initial_state.to(dtype)
 
     if scale is None:
         scale = K ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None (K^-0.5), got {type(scale).__name__}: {scale!r}")
-    return Problem(rec, tensors, initial_state, seqlens, float(scale), B, T, HV, K, V)
+    return Shapes(B, T, H, K, HV, V, seqlens, float(scale))
+
+
+def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
+            dtype: torch.dtype) -> Problem:
+    """Check the call (check_arguments), then lay every tensor out per value head in ``dtype``."""
+    s = check_arguments(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                        inputs=inputs)
+    group = s.HV // s.H
+    tensors = {"q": q.repeat_interleave(group, 2), "k": k.repeat_interleave(group, 2), "v": v}
+    for sym in rec.inputs:
+        x = inputs[sym.name]
+        if isinstance(sym, KeyVector):
+            x = x.repeat_interleave(group, 2)
+        elif isinstance(sym, HeadScalar):
+            x = x.expand(s.B, s.T, s.HV)
+        tensors[sym.name] = x
+    tensors = {name: x.to(dtype) for name, x in tensors.items()}
+    h0 = None if initial_state is None else initial_state.to(dtype)
+    return Problem(rec, tensors, h0, s.seqlens, s.scale, s.B, s.T, s.HV, s.K, s.V)
 
 
 def _check_float_tensor(name, x):

@@ -1,0 +1,73 @@
+"""Render TileLang kernel sources from a recurrence's rewritten chunk programs and a config.
+
+A template implements one shape of rewritten program. The emitter checks that the compiled
+forward program is that shape (the rewrites it relies on were applied, nothing else crosses HBM)
+before it fills the template, and writes the equation, the config, the IR hash and the program
+itself into the header of the generated file.
+"""
+from __future__ import annotations
+
+import jinja2
+
+import gdnc
+from gdnc.emit.config import ForwardConfig, Heads, InverseConfig, describe
+from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
+from gdnc.ir.cost import live_program
+from gdnc.ir.recurrence import Recurrence
+from gdnc.ir.symbols import sstr
+from gdnc.passes import Compiled, compile_programs
+
+_ENV = jinja2.Environment(loader=jinja2.PackageLoader("gdnc", "templates"), undefined=jinja2.StrictUndefined,
+                          keep_trailing_newline=True)
+
+KERNELS = {
+    "gdn_inverse": "the gate-free inverse of each chunk (K Kᵀ, then forward substitution)",
+    "gdn_forward": "the fused, pipelined forward over chunks with the state in registers",
+}
+
+
+def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
+    """Refuse, with the reason, a recurrence whose rewritten forward is not what gdn_* implement."""
+    axes = form.axes()
+    wanted = {"decay": "scalar", "transition": "rank-1 (same key)", "read": "after"}
+    mismatched = {a: axes[a] for a, v in wanted.items() if axes[a] != v}
+    if mismatched or sstr(form.write_value) != "beta*v" or sstr(form.erase_coef) != "beta" \
+            or sstr(form.read_vector) != "q" or sstr(form.direction) != "k":
+        raise UnsupportedRecurrence(
+            f"{form.recurrence.name}: no kernel template yet for {axes} (write {sstr(form.write_value)}); "
+            "the gdn templates need a scalar decay, the erase beta*k*k.T, the write beta*v and o = S.T*q "
+            "after the update. Use gdnc.reference for this recurrence.")
+    fwd = live_program(compiled.forward)
+    kinds = [op.kind for op in fwd.ops]
+    spilled = sorted({op.role for op in fwd.ops if op.kind == "hbm"})
+    problems = []
+    if spilled != ["A_free"]:
+        problems.append(f"HBM hand-offs {spilled}, expected only A_free")
+    if kinds.count("decay_mask") != 1 or any(op.attr("base") != "2" for op in fwd.ops if op.kind in ("exp", "decay_mask")):
+        problems.append("expected one shared decay mask and exp2 everywhere")
+    if "scale_cols" not in kinds or any(op.role in ("w", "u") for op in fwd.ops):
+        problems.append("expected w and u eliminated with β on the C×C matrix")
+    if problems:
+        raise UnsupportedRecurrence(f"{form.recurrence.name}: the rewritten forward program does not match "
+                                    f"the gdn templates: {'; '.join(problems)}")
+
+
+def render(rec: Recurrence, heads: Heads, forward: ForwardConfig = ForwardConfig(),
+           inverse: InverseConfig = InverseConfig()) -> dict[str, str]:
+    """{kernel name: TileLang Python source} for the recurrence's forward."""
+    form = classify(rec)
+    compiled = compile_programs(rec)
+    check_gdn_shape(form, compiled)
+    forward.check(heads)
+    inverse.check(heads)
+    programs = {"gdn_inverse": ("forward (the inverse's part)", inverse),
+                "gdn_forward": ("forward", forward)}
+    sources = {}
+    for kernel, (program_name, config) in programs.items():
+        context = dict(version=gdnc.__version__, equation=rec.equation(), ir_hash=rec.ir_hash, kernel=kernel,
+                       summary=KERNELS[kernel], heads=heads, config=config,
+                       program_name=program_name, dtype=heads.dtype,
+                       program_lines=str(live_program(compiled.forward)).splitlines())
+        context["config_text"] = describe(config)
+        sources[kernel] = _ENV.get_template(f"{kernel}.py.jinja").render(**context)
+    return sources

@@ -1,0 +1,133 @@
+"""gdnc.chunk_gated_delta_rule: FLA's GDN op on gdnc's generated Hopper kernels.
+
+The forward runs two generated kernels: the gate-free inverse of every chunk, then the fused forward
+over chunks. What the kernels do not cover falls back to the chunked reference, saying why once:
+no CUDA tensors (or not a Hopper GPU), dtypes or head sizes the templates do not support, and —
+until gdnc generates the backward — calls that need gradients.
+
+Varlen calls read cu_seqlens on the host once to lay out the chunks of the inverse kernel (a device
+sync); fixed-length calls do not synchronise.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from gdnc.emit.build import compile_all
+from gdnc.emit.config import ForwardConfig, Heads, InverseConfig
+from gdnc.emit.render import render
+from gdnc.ir.library import get_variant
+from gdnc.reference.chunked import chunked
+from gdnc.reference.problem import check_arguments
+
+CHUNK = 64
+_warned: set[str] = set()
+
+
+def _say_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"gdnc: {message}", stacklevel=3)
+
+
+def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+                           use_qk_l2norm_in_kernel=False, cu_seqlens=None):
+    """Gated DeltaNet, chunked, with FLA's signature and conventions.
+
+    q, k: [B, T, H, K] bf16/fp16; v: [B, T, HV, V] (HV a multiple of H); g: [B, T, HV] log-space
+    decay (fp32); beta: [B, T, HV]; initial_state: [N, HV, K, V] fp32; cu_seqlens: [N + 1] int
+    with B = 1 for packed sequences. Returns o [B, T, HV, V] in v's dtype and the final state
+    [N, HV, K, V] fp32 (None unless output_final_state).
+    """
+    rec = get_variant("gdn")
+    shapes = check_arguments(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
+                             inputs={"g": g, "beta": beta})
+    if use_qk_l2norm_in_kernel:
+        # normalised in fp32 before the kernels (not yet fused into them)
+        q = F.normalize(q.float(), dim=-1).to(q.dtype)
+        k = F.normalize(k.float(), dim=-1).to(k.dtype)
+    reason = _unsupported(q, k, v, g, beta, initial_state, shapes)
+    if reason is None and torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)):
+        reason = "gradients requested: gdnc does not generate the backward yet, so this call runs the " \
+                 "chunked reference with autograd (slow)"
+    if reason is not None:
+        _say_once(reason, f"{reason}; using the chunked reference")
+        o, ht = chunked(rec, q, k, v, g=g, beta=beta, scale=shapes.scale, initial_state=initial_state,
+                        output_final_state=output_final_state, cu_seqlens=cu_seqlens, dtype=torch.float32)
+        return o.to(v.dtype), (ht.float() if ht is not None else None)
+    return _forward(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
+
+
+def _unsupported(q, k, v, g, beta, initial_state, s) -> str | None:
+    """Why the kernels cannot run this call, or None."""
+    if not q.is_cuda:
+        return "no CUDA tensors"
+    major, minor = torch.cuda.get_device_capability(q.device)
+    if (major, minor) != (9, 0):
+        return f"the kernels are built for Hopper (sm_90a), this GPU is sm_{major}{minor}"
+    if q.dtype not in (torch.bfloat16, torch.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
+        return f"q, k, v must share a dtype of bfloat16 or float16 for the kernels, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if s.K not in (64, 128) or s.V % 64:
+        return f"the kernels support K in (64, 128) and V a multiple of 64, got K={s.K}, V={s.V}"
+    return None
+
+
+def _configs(heads: Heads) -> tuple[ForwardConfig, InverseConfig]:
+    """The default configuration (the autotuner will choose per head configuration)."""
+    return ForwardConfig(block_v=64, threads=128, num_stages=2), InverseConfig()
+
+
+def sources_for(heads: Heads) -> dict[str, str]:
+    """The rendered kernels for one head configuration with its configs."""
+    forward, inverse = _configs(heads)
+    return render(get_variant("gdn"), heads, forward, inverse)
+
+
+@functools.lru_cache(maxsize=None)
+def kernels(heads: Heads) -> dict:
+    """Compiled kernels for one head configuration (cached in-process and on disk)."""
+    return compile_all(sources_for(heads), get_variant("gdn").ir_hash)
+
+
+def _chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
+    """[num_chunks, 2] int32: (sequence, chunk within the sequence) for every chunk."""
+    if s.seqlens is None:
+        per_seq = math.ceil(s.T / CHUNK)
+        idx = torch.arange(s.B * per_seq, device=device, dtype=torch.int32)
+        return torch.stack([idx // per_seq, idx % per_seq], 1)
+    rows = [(n, c) for n, (a, b) in enumerate(zip(s.seqlens[:-1], s.seqlens[1:]))
+            for c in range(math.ceil((b - a) / CHUNK))]
+    return torch.tensor(rows, dtype=torch.int32, device=device)
+
+
+def _forward(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens):
+    device, dtype = q.device, q.dtype
+    heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
+    compiled = kernels(heads)
+    tokens = s.B * s.T
+    N = s.num_sequences
+    if cu_seqlens is None:
+        cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
+    else:
+        cu = cu_seqlens.to(torch.int32)
+    flat = dict(q=q.reshape(tokens, s.H, s.K), k=k.reshape(tokens, s.H, s.K), v=v.reshape(tokens, s.HV, s.V),
+                g=g.reshape(tokens, s.HV).float(), beta=beta.reshape(tokens, s.HV).float())
+    flat = {name: x.contiguous() for name, x in flat.items()}
+    poison = os.environ.get("GDNC_POISON_OUTPUTS") == "1"  # tests: every output element must be written
+    empty = (lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt, device=device)) if poison else \
+        (lambda *shape, dt: torch.empty(shape, dtype=dt, device=device))
+    a_free = empty(tokens, s.HV, CHUNK, dt=dtype)
+    compiled["gdn_inverse"](flat["k"], flat["beta"], cu, _chunk_index(cu, s, device), a_free)
+    h0 = initial_state.float().contiguous() if initial_state is not None else \
+        torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
+    o = empty(tokens, s.HV, s.V, dt=dtype)
+    final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
+    compiled["gdn_forward"](flat["q"], flat["k"], flat["v"], flat["g"], flat["beta"], a_free, cu, h0, s.scale,
+                            o, final_state)
+    return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)

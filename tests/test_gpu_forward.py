@@ -1,0 +1,102 @@
+"""The generated forward kernels on a Hopper GPU against the float64 reference (pytest -m gpu).
+
+Error yardstick: the chunked reference run as the kernel runs it (bf16 matrix-product operands,
+fp32 accumulation and state, bf16 output); the kernel may be at most twice as far from float64.
+Outputs are poisoned (NaN) before every run, inputs are fresh random each run.
+"""
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gdnc
+from gdnc.reference import chunked
+from gdnc.reference.compare import relative_error
+
+pytestmark = pytest.mark.gpu
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+if not HOPPER:
+    pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")]
+
+BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
+LENGTHS = [1, 63, 64, 1000, 4096, 32768]
+GDN = gdnc.get_variant("gdn")
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setenv("GDNC_POISON_OUTPUTS", "1")
+
+
+def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=torch.bfloat16):
+    dev = "cuda"
+    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
+    v = torch.randn(B, T, HV, V, device=dev).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, HV, device=dev))
+    if gates == "strong":
+        g = -30.0 + torch.randn(B, T, HV, device=dev).clamp(-3, 3)
+    elif gates == "mixed":  # half the heads without decay, the others strong
+        g[..., ::2] = 0.0
+        g[..., 1::2] = -30.0
+    beta = torch.rand(B, T, HV, device=dev)
+    state = torch.randn(N, HV, K, V, device=dev) if h0 else None
+    return q, k, v, g, beta, state
+
+
+def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
+    o, ht = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    torch.cuda.synchronize()
+    assert torch.isfinite(o).all(), "o has NaN/inf: an element was not written or overflowed"
+    assert torch.isfinite(ht).all(), "final_state has NaN/inf"
+    args = dict(g=g, beta=beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    o_ref, ht_ref = chunked(GDN, q.double(), k.double(), v.double(), **{**args, "g": g.double(), "beta": beta.double(),
+                            "initial_state": None if h0 is None else h0.double()})
+    o_emu, ht_emu = chunked(GDN, q, k, v, dtype=torch.float32, operand_dtype=q.dtype, **args)
+    err = {"o": relative_error(o, o_ref), "final_state": relative_error(ht, ht_ref)}
+    yard = {"o": relative_error(o_emu.to(q.dtype), o_ref), "final_state": relative_error(ht_emu, ht_ref)}
+    for name in err:
+        assert err[name] <= factor * yard[name] + 1e-6, f"{name}: kernel {err[name]:.2e} vs yardstick {yard[name]:.2e}"
+    return o, ht, err, yard
+
+
+@pytest.mark.parametrize("T", LENGTHS)
+@pytest.mark.parametrize("h_qk,h_v", BENCH_HEADS)
+def test_forward_matches_reference(h_qk, h_v, T):
+    check(*inputs(T, h_qk, h_v))
+
+
+@pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 32), (16, 64)])
+def test_varlen_with_length_one_sequences(h_qk, h_v):
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    check(*inputs(sum(lengths), h_qk, h_v, N=len(lengths)), cu=cu)
+
+
+@pytest.mark.parametrize("gates", ["strong", "mixed"])
+@pytest.mark.parametrize("h0", [True, False])
+def test_decay_extremes_and_no_initial_state(gates, h0):
+    check(*inputs(1000, 4, 16, gates=gates, h0=h0))
+
+
+def test_batch_of_sequences():
+    check(*inputs(1000, 8, 32, B=4, N=4))
+
+
+def test_repeated_runs_are_bitwise_identical():
+    args = inputs(4096, 16, 32)
+    o1, h1 = gdnc.chunk_gated_delta_rule(*args[:5], initial_state=args[5], output_final_state=True)
+    o2, h2 = gdnc.chunk_gated_delta_rule(*args[:5], initial_state=args[5], output_final_state=True)
+    assert torch.equal(o1, o2) and torch.equal(h1, h2)
+
+
+def test_bad_input_is_refused_without_launching():
+    q, k, v, g, beta, h0 = inputs(64, 2, 8)
+    with pytest.raises(ValueError, match="not a multiple"):
+        gdnc.chunk_gated_delta_rule(q, k, v[:, :, :3], g[..., :3], beta[..., :3])
+    with pytest.raises(ValueError, match="is on cpu"):
+        gdnc.chunk_gated_delta_rule(q, k, v.cpu(), g, beta)
+    with pytest.warns(UserWarning, match="K in \\(64, 128\\)"):
+        gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
+    assert os.environ["GDNC_POISON_OUTPUTS"] == "1"
