@@ -24,9 +24,25 @@ LENGTHS = [1, 63, 64, 1000, 4096, 32768]
 GDN = gdnc.get_variant("gdn")
 
 
+RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT (JSON) when that is set
+
+
 @pytest.fixture(autouse=True)
 def poison(monkeypatch):
     monkeypatch.setenv("GDNC_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    path = os.environ.get("GDNC_GPU_REPORT")
+    if path and RESULTS:
+        import json
+
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                "tilelang": __import__("tilelang").__version__, "gdnc": gdnc.__version__}
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "cases": RESULTS}, f, indent=1)
 
 
 def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=torch.bfloat16):
@@ -56,6 +72,7 @@ def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
     o_emu, ht_emu = chunked(GDN, q, k, v, dtype=torch.float32, operand_dtype=q.dtype, **args)
     err = {"o": relative_error(o, o_ref), "final_state": relative_error(ht, ht_ref)}
     yard = {"o": relative_error(o_emu.to(q.dtype), o_ref), "final_state": relative_error(ht_emu, ht_ref)}
+    RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard})
     for name in err:
         assert err[name] <= factor * yard[name] + 1e-6, f"{name}: kernel {err[name]:.2e} vs yardstick {yard[name]:.2e}"
     return o, ht, err, yard
