@@ -61,7 +61,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
         o, ht = chunked(rec, q, k, v, g=g, beta=beta, scale=shapes.scale, initial_state=initial_state,
                         output_final_state=output_final_state, cu_seqlens=cu_seqlens, dtype=torch.float32)
         return o.to(v.dtype), (ht.float() if ht is not None else None)
-    return _forward(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
+    return run_kernels(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
 
 
 def _unsupported(q, k, v, g, beta, initial_state, s) -> str | None:
@@ -78,21 +78,19 @@ def _unsupported(q, k, v, g, beta, initial_state, s) -> str | None:
     return None
 
 
-def _configs(heads: Heads) -> tuple[ForwardConfig, InverseConfig]:
-    """The default configuration (the autotuner will choose per head configuration)."""
-    return ForwardConfig(block_v=64, threads=128, num_stages=2), InverseConfig()
+DEFAULT_FORWARD = ForwardConfig(block_v=64, threads=128, num_stages=2)
 
 
-def sources_for(heads: Heads) -> dict[str, str]:
-    """The rendered kernels for one head configuration with its configs."""
-    forward, inverse = _configs(heads)
+def sources_for(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD,
+                inverse: InverseConfig = InverseConfig()) -> dict[str, str]:
+    """The rendered kernels for one head configuration (default configs until the autotuner picks)."""
     return render(get_variant("gdn"), heads, forward, inverse)
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(heads: Heads) -> dict:
-    """Compiled kernels for one head configuration (cached in-process and on disk)."""
-    return compile_all(sources_for(heads), get_variant("gdn").ir_hash)
+def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, inverse: InverseConfig = InverseConfig()) -> dict:
+    """Compiled kernels for one head configuration and config (cached in-process and on disk)."""
+    return compile_all(sources_for(heads, forward, inverse), get_variant("gdn").ir_hash)
 
 
 def _chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
@@ -106,10 +104,12 @@ def _chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
-def _forward(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens):
+def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens,
+                forward: ForwardConfig = DEFAULT_FORWARD):
+    """The kernel path of chunk_gated_delta_rule for a checked call ``s`` (check_arguments)."""
     device, dtype = q.device, q.dtype
     heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
-    compiled = kernels(heads)
+    compiled = kernels(heads, forward)
     tokens = s.B * s.T
     N = s.num_sequences
     if cu_seqlens is None:

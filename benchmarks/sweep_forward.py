@@ -1,0 +1,70 @@
+"""Time gdnc's forward kernels over a few configs (a tuning probe, not the peer benchmark).
+
+    python benchmarks/sweep_forward.py --compile-only   # fill the kernel cache (CPU is enough)
+    python benchmarks/sweep_forward.py                  # on the GPU: error and CUDA-graph time per config
+"""
+import argparse
+import json
+import sys
+
+from gdnc.emit.build import compile_many
+from gdnc.emit.config import ForwardConfig, Heads
+from gdnc.ops import sources_for
+
+CONFIGS = [ForwardConfig(block_v=bv, threads=th, num_stages=st)
+           for bv, th, st in [(64, 128, 2), (32, 128, 2), (32, 256, 2), (64, 256, 1), (32, 128, 1), (64, 128, 3)]]
+SHAPES = [(16, 32, 1, 8192), (16, 32, 4, 8192), (2, 8, 1, 8192)]  # h_qk, h_v, sequences, tokens each
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compile-only", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    heads = sorted({(h, hv) for h, hv, _, _ in SHAPES})
+    sources = {(hq, hv, cfg, name): src for hq, hv in heads for cfg in CONFIGS
+               for name, src in sources_for(Heads(hq, hv), cfg).items()}
+    compile_many(sources, args.workers)
+    if args.compile_only:
+        return 0
+
+    import torch
+    import torch.nn.functional as F
+
+    import gdnc
+    from gdnc.bench.timing import time_calls
+    from gdnc.reference.compare import relative_error
+    from gdnc.reference.problem import check_arguments
+    from gdnc.ops import run_kernels
+
+    rows = []
+    for hq, hv, n, t in SHAPES:
+        T = n * t
+        q = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
+        k = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
+        v = torch.randn(1, T, hv, 128, device="cuda").bfloat16()
+        g = F.logsigmoid(torch.randn(1, T, hv, device="cuda"))
+        beta = torch.rand(1, T, hv, device="cuda")
+        cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
+        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
+                            inputs={"g": g, "beta": beta})
+        ref, _ = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
+        for cfg in CONFIGS:
+            fn = lambda: run_kernels(q, k, v, g, beta, s, None, False, cu, forward=cfg)  # noqa: E731
+            o, _ = fn()
+            timing = time_calls([fn])
+            ms = timing.ms
+            rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": cfg.__dict__, "ms": ms,
+                         "repeats_ms": timing.repeats_ms, "method": timing.method,
+                         "diff_vs_default": relative_error(o, ref)})
+            print(f"{hq}/{hv} {n}x{t} bv={cfg.block_v} thr={cfg.threads} st={cfg.num_stages}: {ms:.3f} ms "
+                  f"(vs default {rows[-1]['diff_vs_default']:.1e})", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
