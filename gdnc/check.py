@@ -44,3 +44,76 @@ def check_references(rec: Recurrence, *, T: int = 1000, chunk_size: int = 64, se
     start = time.perf_counter()
     errors = errors_by_name(rec, case, chunked, recurrent, chunk_size=chunk_size)
     return CheckResult(rec.name, classify(rec).axes(), errors, time.perf_counter() - start)
+
+
+def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
+    """Generate the recurrence's kernels for ``heads``, lower them for sm_90a and build them with nvcc
+    (no GPU needed); on a Hopper GPU also run the op against the float64 reference.
+    Returns (passed, report)."""
+    import shutil
+
+    from gdnc.emit.build import lower_cuda, nvcc_report
+    from gdnc.ir.classify import UnsupportedRecurrence
+    from gdnc.ops import sources_for
+
+    if rec.name != "gdn":
+        return True, f"{rec.name}: no kernel templates yet (references only)"
+    try:
+        sources = sources_for(heads)
+    except UnsupportedRecurrence as e:
+        return False, str(e)
+    lines, ok = [], True
+    for name, source in sources.items():
+        cuda = lower_cuda(source, name, rec.ir_hash)
+        if shutil.which("nvcc") is None:
+            lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
+            continue
+        rep = nvcc_report(cuda)
+        good = rep.wgmma and rep.spill_stores == 0 and rep.spill_loads == 0
+        ok &= good
+        lines.append(f"{'PASS' if good else 'FAIL'} {name} {heads.h_qk}/{heads.h_v}: built for sm_90a, "
+                     f"{rep.launch_threads} threads, {rep.registers} registers, spills {rep.spill_stores}/"
+                     f"{rep.spill_loads} B, wgmma={rep.wgmma}, tma={rep.tma}")
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+        ok_gpu, line = _run_on_gpu(rec, heads, T)
+        ok &= ok_gpu
+        lines.append(line)
+    else:
+        lines.append("no Hopper GPU here: the kernels were generated and built, not run")
+    return ok, "\n".join(lines)
+
+
+def kernel_vs_reference(rec, q, k, v, g, beta, h0=None, cu_seqlens=None):
+    """Run gdnc.chunk_gated_delta_rule and measure it: relative errors of o and the final state
+    against the float64 chunked reference, and the yardstick — the same errors of the chunked
+    reference run as the kernels run it (bf16/fp16 operands, fp32 accumulation, output in q's dtype).
+    Returns (o, final_state, errors, yardstick)."""
+    from gdnc.ops import chunk_gated_delta_rule
+    from gdnc.reference.compare import relative_error
+
+    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens)
+    double = None if h0 is None else h0.double()
+    o_ref, ht_ref = chunked(rec, q.double(), k.double(), v.double(), g=g.double(), beta=beta.double(),
+                            initial_state=double, output_final_state=True, cu_seqlens=cu_seqlens)
+    o_emu, ht_emu = chunked(rec, q, k, v, g=g, beta=beta, initial_state=h0, output_final_state=True,
+                            cu_seqlens=cu_seqlens, dtype=torch.float32, operand_dtype=q.dtype)
+    errors = {"o": relative_error(o, o_ref), "final_state": relative_error(ht, ht_ref)}
+    yardstick = {"o": relative_error(o_emu.to(q.dtype), o_ref), "final_state": relative_error(ht_emu, ht_ref)}
+    return o, ht, errors, yardstick
+
+
+def _run_on_gpu(rec, heads, T):
+    import torch.nn.functional as F
+
+    dev = "cuda"
+    q = F.normalize(torch.randn(1, T, heads.h_qk, heads.k_dim, device=dev), dim=-1).bfloat16()
+    k = F.normalize(torch.randn(1, T, heads.h_qk, heads.k_dim, device=dev), dim=-1).bfloat16()
+    v = torch.randn(1, T, heads.h_v, heads.v_dim, device=dev).bfloat16()
+    g = F.logsigmoid(torch.randn(1, T, heads.h_v, device=dev))
+    beta = torch.rand(1, T, heads.h_v, device=dev)
+    h0 = torch.randn(1, heads.h_v, heads.k_dim, heads.v_dim, device=dev)
+    _, _, err, yard = kernel_vs_reference(rec, q, k, v, g, beta, h0)
+    ok = all(err[n] <= 2 * yard[n] + 1e-6 for n in err)
+    return ok, (f"{'PASS' if ok else 'FAIL'} on {torch.cuda.get_device_name()}: T={T}, o error {err['o']:.1e} "
+                f"(bf16-operand reference {yard['o']:.1e}), final state {err['final_state']:.1e} "
+                f"({yard['final_state']:.1e})")

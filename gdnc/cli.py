@@ -27,11 +27,20 @@ def _cmd_show(args) -> int:
 def _cmd_check(args) -> int:
     from gdnc.check import check_references
 
+    from gdnc.check import check_kernels
+    from gdnc.emit.config import Heads
+
     ok = True
+    heads = Heads(*map(int, args.heads.split("/")))
     for name in args.variants or ["gdn"]:
-        result = check_references(_variant(name), T=args.T, chunk_size=args.chunk_size, seed=args.seed)
-        print(result.summary())
+        rec = _variant(name)
+        result = check_references(rec, T=args.T, chunk_size=args.chunk_size, seed=args.seed)
+        print(result.summary(), flush=True)
         ok &= result.passed
+        if not args.no_kernels:
+            passed, report = check_kernels(rec, heads)
+            print(report, flush=True)
+            ok &= passed
     return 0 if ok else 1
 
 
@@ -85,6 +94,8 @@ def main(argv=None) -> int:
     check.add_argument("--T", type=int, default=1000, help="tokens per sequence (default 1000)")
     check.add_argument("--chunk-size", type=int, default=64)
     check.add_argument("--seed", type=int, default=None, help="default: fresh inputs every run")
+    check.add_argument("--heads", default="16/32", help="h_qk/h_v of the kernels to generate (default 16/32)")
+    check.add_argument("--no-kernels", action="store_true", help="check the references only")
     check.set_defaults(func=_cmd_check)
     exp = sub.add_parser("explain", help="the chunk programs after each rewrite pass, with their costs")
     exp.add_argument("variant")

@@ -1,4 +1,7 @@
+import shutil
+
 import pytest
+import torch
 
 from gdnc.cli import main
 
@@ -21,7 +24,20 @@ def test_show_unknown_variant():
         main(["show", "nope"])
 
 
-def test_check_passes(capsys):
-    assert main(["check", "gdn", "kda", "--T", "130", "--chunk-size", "32"]) == 0
+def test_check_references(capsys):
+    assert main(["check", "gdn", "kda", "--T", "130", "--chunk-size", "32", "--no-kernels"]) == 0
     out = capsys.readouterr().out
     assert out.count("PASS") == 2 and "dg=" in out and "dh0=" in out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
+    """gdnc's main job on a machine without a GPU: references checked, kernels generated and built."""
+    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
+    assert main(["check", "gdn", "--T", "130", "--heads", "2/8"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS gdn_inverse 2/8: built for sm_90a" in out and "PASS gdn_forward 2/8: built for sm_90a" in out
+    if not torch.cuda.is_available():
+        assert "no Hopper GPU here" in out
+    assert main(["check", "kda", "--T", "70"]) == 0
+    assert "kda: no kernel templates yet" in capsys.readouterr().out

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import gdnc
-from gdnc.reference import chunked
-from gdnc.reference.compare import relative_error
+from gdnc.check import kernel_vs_reference
 
 pytestmark = pytest.mark.gpu
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -62,16 +61,10 @@ def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=t
 
 
 def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
-    o, ht = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu)
     torch.cuda.synchronize()
     assert torch.isfinite(o).all(), "o has NaN/inf: an element was not written or overflowed"
     assert torch.isfinite(ht).all(), "final_state has NaN/inf"
-    args = dict(g=g, beta=beta, initial_state=h0, output_final_state=True, cu_seqlens=cu)
-    o_ref, ht_ref = chunked(GDN, q.double(), k.double(), v.double(), **{**args, "g": g.double(), "beta": beta.double(),
-                            "initial_state": None if h0 is None else h0.double()})
-    o_emu, ht_emu = chunked(GDN, q, k, v, dtype=torch.float32, operand_dtype=q.dtype, **args)
-    err = {"o": relative_error(o, o_ref), "final_state": relative_error(ht, ht_ref)}
-    yard = {"o": relative_error(o_emu.to(q.dtype), o_ref), "final_state": relative_error(ht_emu, ht_ref)}
     RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard})
     for name in err:
         assert err[name] <= factor * yard[name] + 1e-6, f"{name}: kernel {err[name]:.2e} vs yardstick {yard[name]:.2e}"
