@@ -8,8 +8,8 @@ from gdnc.ir import classify
 from gdnc.ir.autodiff import build_backward
 from gdnc.ir.build import build_forward, build_state_only
 from gdnc.ir.cost import cost
+from gdnc.ir.interpret import program_forward, program_gradients
 from gdnc.passes import compile_programs
-from gdnc.passes.check import program_forward, program_gradients
 from gdnc.passes.cleanup import dce
 from gdnc.passes.eliminate_wu import eliminate_wu
 from gdnc.passes.fuse_forward import fuse_forward

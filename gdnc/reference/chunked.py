@@ -21,7 +21,7 @@ from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
 from gdnc.ir.evaluate import evaluate
 from gdnc.ir.gates import pair_gate
 from gdnc.ir.recurrence import Recurrence
-from gdnc.reference.problem import Problem, fold_heads, prepare, run, unfold_heads
+from gdnc.reference.problem import Problem, matrix_leaves, prepare, run, start_state, unfold_heads
 
 
 def chunked(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_final_state=False,
@@ -50,10 +50,7 @@ def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> di
     """The canonical form's per-token quantities for all tokens of a group, heads folded:
     read p, direction d, erase key r [NH, T, K]; write value x [NH, T, V]; erase coefficient β
     [NH, T] (or None); log decay l [NH, T] (scalar) or [NH, T, K] (per-K)."""
-    leaves = {}
-    for name, x in tensors.items():
-        x = fold_heads(x)
-        leaves[name] = x[..., None, None] if x.dim() == 2 else x[..., None]
+    leaves = matrix_leaves(tensors)
     shape = leaves["v"].shape[:2]
 
     def vector(expr):
@@ -91,9 +88,7 @@ def scale_rows(gate, x):
 def _chunks(form: CanonicalForm, problem: Problem, tensors: dict, h0, chunk_size: int, mm):
     N, T = tensors["v"].shape[:2]
     tok = token_quantities(form, problem, tensors)
-    NH = tok["x"].shape[0]
-    state = fold_heads(h0[:, None])[:, 0] if h0 is not None else \
-        tok["x"].new_zeros(NH, problem.K, problem.V)
+    state = start_state(h0, tok["x"], problem.K, problem.V)
     read_before = form.read == "before"
     outs = []
     for start in range(0, T, chunk_size):

@@ -32,10 +32,6 @@ class Problem:
     K: int
     V: int
 
-    @property
-    def num_sequences(self) -> int:
-        return self.B if self.cu_seqlens is None else len(self.cu_seqlens) - 1
-
     def groups(self) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor | None]]:
         """Batches of equal-length sequences: all of B at once, or each varlen sequence alone.
         Yields (tensors [N, T_n, HV, ...], initial state [N, HV, K, V] or None)."""
@@ -182,6 +178,24 @@ def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
 def fold_heads(x: torch.Tensor) -> torch.Tensor:
     """[N, T, HV, ...] -> [N*HV, T, ...]: sequences and heads become one batch dimension."""
     return x.transpose(1, 2).reshape(x.shape[0] * x.shape[2], x.shape[1], *x.shape[3:])
+
+
+def matrix_leaves(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-token tensors [N, T, HV, ...] as IR leaves with heads folded: scalars [N*HV, T, 1, 1],
+    vectors [N*HV, T, n, 1] (the matrix shapes gdnc.ir.evaluate expects)."""
+    leaves = {}
+    for name, x in tensors.items():
+        x = fold_heads(x)
+        leaves[name] = x[..., None, None] if x.dim() == 2 else x[..., None]
+    return leaves
+
+
+def start_state(h0: torch.Tensor | None, like: torch.Tensor, K: int, V: int) -> torch.Tensor:
+    """The initial state [N, HV, K, V] with heads folded, [N*HV, K, V], or zeros for each of the
+    ``like.shape[0]`` folded heads."""
+    if h0 is None:
+        return like.new_zeros(like.shape[0], K, V)
+    return h0.reshape(-1, K, V)
 
 
 def unfold_heads(x: torch.Tensor, N: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from gdnc.ir.evaluate import evaluate
 from gdnc.ir.recurrence import Recurrence
-from gdnc.reference.problem import Problem, fold_heads, prepare, run, unfold_heads
+from gdnc.reference.problem import Problem, matrix_leaves, prepare, run, start_state, unfold_heads
 
 
 def recurrent(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_final_state=False,
@@ -28,12 +28,8 @@ def recurrent(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, outpu
 def _token_by_token(problem: Problem, tensors: dict, h0):
     rec = problem.rec
     N, T = tensors["v"].shape[:2]
-    leaves = {}
-    for name, x in tensors.items():
-        x = fold_heads(x)  # [N*HV, T] or [N*HV, T, n]
-        leaves[name] = x[..., None, None] if x.dim() == 2 else x[..., None]
-    state = fold_heads(h0[:, None])[:, 0] if h0 is not None else \
-        tensors["v"].new_zeros(N * problem.HV, problem.K, problem.V)
+    leaves = matrix_leaves(tensors)
+    state = start_state(h0, leaves["v"], problem.K, problem.V)
     outs = []
     for t in range(T):
         env = {name: x[:, t] for name, x in leaves.items()}
