@@ -1,0 +1,121 @@
+"""Context parallelism in float64: a sequence split into segments that run independently, then chained.
+
+Every recurrence gdnc accepts is affine in its state (gdnc.ir.classify): over a segment,
+S_end = M S_start + S_ext, where S_ext is the segment's end state from a zero start and M (K x K)
+its transition — the product of the per-chunk transitions γ_L (I − Dᵀ A diag(β) R). So
+
+    S_start(s+1) = M_s S_start(s) + S_ext,s          (exact; keep M in fp32 or better)
+
+gives every segment its starting state, after which all segments run in parallel from it.
+M is measured here as the map S ↦ S_end(S) − S_end(0) applied to the identity, with the write
+value zeroed (the write is linear in v for every recurrence of the family); this keeps one
+reference executor for all variants.
+
+Gate-driven shortcut: if the decay accumulated over the last chunks of a segment is below τ, the
+state entering the segment contributes at most e^τ ‖S‖ to its end state — provided ‖k‖ = 1 and
+0 <= β <= 2 (each (I − β k kᵀ) is then a contraction); ``shortcut_bound`` checks those conditions
+on the data instead of assuming them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from gdnc.ir.classify import classify
+from gdnc.ir.recurrence import Recurrence
+from gdnc.reference.chunked import chunked
+
+
+@dataclasses.dataclass
+class Segment:
+    """One segment of one sequence: tokens [start, end) of the packed call."""
+
+    sequence: int
+    start: int
+    end: int
+
+
+def split(seqlens: list[int], segment_len: int) -> list[Segment]:
+    """Cut each sequence of the packed offsets ``seqlens`` (cu_seqlens as a list) into segments of
+    ``segment_len`` tokens (the last one shorter)."""
+    if segment_len < 1:
+        raise ValueError(f"segment_len must be >= 1, got {segment_len}")
+    return [Segment(n, s, min(s + segment_len, b)) for n, (a, b) in enumerate(zip(seqlens[:-1], seqlens[1:]))
+            for s in range(a, b, segment_len)]
+
+
+def _slice(case_tensors: dict, start: int, end: int) -> dict:
+    return {name: x[:, start:end] for name, x in case_tensors.items()}
+
+
+def segment_summary(rec: Recurrence, q, k, v, inputs: dict, *, chunk_size=64, dtype=torch.float64):
+    """(S_ext [HV, K, V], M [HV, K, K]) of one unsplit segment (B = 1 tensors of that segment only)."""
+    HV, K = v.shape[2], q.shape[3]
+    _, s_ext = chunked(rec, q, k, v, output_final_state=True, chunk_size=chunk_size, dtype=dtype, **inputs)
+    no_write = torch.zeros(*v.shape[:3], K, dtype=v.dtype, device=v.device)
+    eye = torch.eye(K, dtype=dtype, device=v.device).expand(1, HV, K, K)
+    _, m = chunked(rec, q, k, no_write, initial_state=eye, output_final_state=True, chunk_size=chunk_size,
+                   dtype=dtype, **inputs)
+    return s_ext[0], m[0]
+
+
+def chained_states(summaries, h0):
+    """Chain segment summaries of one sequence: the start state of every segment and the end state.
+
+    summaries: [(S_ext [HV, K, V], M [HV, K, K])] in order; h0: [HV, K, V] or None.
+    """
+    state = torch.zeros_like(summaries[0][0]) if h0 is None else h0
+    starts = []
+    for s_ext, m in summaries:
+        starts.append(state)
+        state = m @ state + s_ext
+    return starts, state
+
+
+def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial_state=None,
+              output_final_state=False, cu_seqlens=None, chunk_size=64, dtype=torch.float64, **inputs):
+    """The chunked reference run the context-parallel way: summaries per segment, the chain, then
+    every segment from its chained start state. Same arguments and results as
+    gdnc.reference.chunked (B = 1), plus ``segment_len``."""
+    form = classify(rec)
+    if form.decay_channel == "V":
+        raise ValueError(f"{rec.name}: segmented runs need a chunked form; per-V decay has none yet")
+    if q.shape[0] != 1:
+        raise ValueError(f"segmented runs take packed sequences (B = 1), got B = {q.shape[0]}")
+    T = q.shape[1]
+    seqlens = [0, T] if cu_seqlens is None else cu_seqlens.tolist()
+    tensors = {"q": q, "k": k, "v": v, **{n: x for n, x in inputs.items() if x.dim() > 1}}
+    per_head = {n: x for n, x in inputs.items() if x.dim() == 1}
+    segments = split(seqlens, segment_len)
+    summaries = {}
+    for seg in segments:
+        t = _slice(tensors, seg.start, seg.end)
+        summaries.setdefault(seg.sequence, []).append(
+            segment_summary(rec, t.pop("q"), t.pop("k"), t.pop("v"), {**t, **per_head}, chunk_size=chunk_size,
+                            dtype=dtype))
+    outs, finals = [], []
+    for n in range(len(seqlens) - 1):
+        h0 = None if initial_state is None else initial_state[n].to(dtype)
+        starts, final = chained_states(summaries[n], h0)
+        finals.append(final)
+        for seg, start in zip([s for s in segments if s.sequence == n], starts):
+            t = _slice(tensors, seg.start, seg.end)
+            o, _ = chunked(rec, t.pop("q"), t.pop("k"), t.pop("v"), scale=scale, initial_state=start[None],
+                           chunk_size=chunk_size, dtype=dtype, **t, **per_head)
+            outs.append(o)
+    final_state = torch.stack(finals) if output_final_state else None
+    return torch.cat(outs, 1), final_state
+
+
+def shortcut_bound(k, beta, log_decay_tail: torch.Tensor, tol: float = 1e-3):
+    """The bound e^τ on how much a segment's start state can reach its end state, where τ is the
+    decay accumulated over the segment's tail (log_decay_tail: the per-token log gates of the
+    tail, [..., n]); None when its assumptions fail on these inputs (‖k‖ = 1 within ``tol`` and
+    0 <= β <= 2), in which case the exact chain must be used."""
+    norms = k.double().norm(dim=-1)
+    if not bool(((norms - 1).abs() <= tol).all()) or not bool(((beta >= 0) & (beta <= 2)).all()):
+        return None
+    tau = log_decay_tail.double().sum(-1).max().item()
+    return math.exp(tau)
