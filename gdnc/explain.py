@@ -1,7 +1,7 @@
 """`gdnc explain`: every chunk program of a recurrence after each pass, with the cost it bought."""
 from __future__ import annotations
 
-from gdnc.ir.cost import cost, live_program
+from gdnc.ir.cost import cost
 from gdnc.passes import STRUCTURE, compile_programs
 
 COLUMNS = (("tc_macs", "TC MACs"), ("cuda_flops", "CUDA FLOPs"), ("sfu", "SFU"), ("cxc_exps", "CxC exps"),
@@ -15,7 +15,7 @@ def explain(rec, C=64, K=128, V=128) -> dict:
     for name, stages in compiled.stages.items():
         rows = []
         for i, (stage, p) in enumerate(stages):
-            live = live_program(p)
+            live = p.live()
             note = p.log[-1] if i else ("reverse-mode autodiff of the forward after " + ", ".join(
                 f.__name__ for f in STRUCTURE) if name == "backward" else "built from the canonical form")
             rows.append({"stage": stage, "note": note, "cost": cost(p, C, K, V).as_dict(),

@@ -12,7 +12,6 @@ import jinja2
 import gdnc
 from gdnc.emit.config import ForwardConfig, Heads, InverseConfig, describe
 from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
-from gdnc.ir.cost import live_program
 from gdnc.ir.recurrence import Recurrence
 from gdnc.ir.symbols import sstr
 from gdnc.passes import Compiled, compile_programs
@@ -37,7 +36,7 @@ def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
             f"{form.recurrence.name}: no kernel template yet for {axes} (write {sstr(form.write_value)}); "
             "the gdn templates need a scalar decay, the erase beta*k*k.T, the write beta*v and o = S.T*q "
             "after the update. Use gdnc.reference for this recurrence.")
-    fwd = live_program(compiled.forward)
+    fwd = compiled.forward.live()
     kinds = [op.kind for op in fwd.ops]
     spilled = sorted({op.role for op in fwd.ops if op.kind == "hbm"})
     problems = []
@@ -67,7 +66,7 @@ def render(rec: Recurrence, heads: Heads, forward: ForwardConfig = ForwardConfig
         context = dict(version=gdnc.__version__, equation=rec.equation(), ir_hash=rec.ir_hash, kernel=kernel,
                        summary=KERNELS[kernel], heads=heads, config=config,
                        program_name=program_name, dtype=heads.dtype,
-                       program_lines=str(live_program(compiled.forward)).splitlines())
+                       program_lines=str(compiled.forward.live()).splitlines())
         context["config_text"] = describe(config)
         sources[kernel] = _ENV.get_template(f"{kernel}.py.jinja").render(**context)
     return sources

@@ -83,14 +83,11 @@ def build_forward(form: CanonicalForm) -> Program:
 
 def build_state_only(form: CanonicalForm) -> Program:
     """The state-only chunk program (for backward recompute and context parallelism)."""
-    from gdnc.passes.cleanup import dce
-
     p = build_forward(form)
     p.name = "state"
     del p.outputs["o"]
-    del p.inputs["q"], p.inputs["scale"]
-    p = dce(p)
-    if "q" in {a for op in p.ops for a in op.args}:
+    p = p.live()
+    if "q" in p.inputs:
         raise UnsupportedRecurrence(f"{form.recurrence.name}: the state update reads q")
     return p
 

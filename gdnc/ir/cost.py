@@ -44,7 +44,7 @@ def cost(p: Program, C: int = 64, K: int = 128, V: int = 128) -> Cost:
             n *= dims[d]
         return n
 
-    p = live_program(p)
+    p = p.live()
     shape = dict(p.inputs)
     tc = cuda = sfu = cxc = hbm = 0
     pairs = C * (C - 1) // 2
@@ -86,17 +86,6 @@ def cost(p: Program, C: int = 64, K: int = 128, V: int = 128) -> Cost:
             continue
         hbm += numel(shape[value]) * (BYTES["fp32"] if len(shape[value]) == 1 else BYTES["bf16"])
     return Cost(tc, cuda, sfu, cxc, hbm, serial_chain(p), len(positive_exponentials(p)))
-
-
-def live_program(p: Program) -> Program:
-    """``p`` without the ops whose values reach no output (a pass leaves them for dce)."""
-    live = set(p.outputs.values())
-    for op in reversed(p.ops):
-        if op.out in live:
-            live.update(op.args)
-    q = p.copy()
-    q.ops = [op for op in p.ops if op.out in live]
-    return q
 
 
 def serial_chain(p: Program) -> int:

@@ -15,11 +15,13 @@ from gdnc.ir.symbols import HeadScalar, KeyVector
 from gdnc.reference.problem import Problem, fold_heads, prepare, start_state, unfold_heads
 
 
-def execute(p: Program, env: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Run ``p`` once on input tiles; returns its outputs by name."""
+def execute(p: Program, env: dict[str, torch.Tensor], dims: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Run ``p`` once on input tiles; dims gives C (this chunk's length), K and V. Returns its
+    outputs by name."""
     values = dict(env)
+    like = next(t for t in env.values() if t.dim() >= 1)  # batch size, dtype and device of constants
     for op in p.ops:
-        values[op.out] = _eval(op, [values[a] for a in op.args], values)
+        values[op.out] = _eval(op, [values[a] for a in op.args], dims, like)
     return {name: values[v] for name, v in p.outputs.items()}
 
 
@@ -28,14 +30,11 @@ def _rows(s, x):
     return s.reshape(*s.shape, *([1] * (x.dim() - s.dim())))
 
 
-def _eval(op, a, values):
+def _eval(op, a, dims, like):
     k, at = op.kind, dict(op.attrs)
-    ref = next((t for t in values.values() if torch.is_tensor(t) and t.dim() >= 1), None)
     if k == "const":
-        nh = ref.shape[0]
-        C = values["__chunk_len__"]
-        dims = {"C": C, "K": values["__K__"], "V": values["__V__"]}
-        return torch.full((nh, *(dims[d] for d in at["shape"])), at["value"], dtype=ref.dtype, device=ref.device)
+        shape = (like.shape[0], *(dims[d] for d in at["shape"]))
+        return torch.full(shape, at["value"], dtype=like.dtype, device=like.device)
     if k == "gemm":
         x = a[0].transpose(-1, -2) if at.get("ta") else a[0]
         y = a[1].transpose(-1, -2) if at.get("tb") else a[1]
@@ -69,8 +68,7 @@ def _eval(op, a, values):
     if k == "total":
         return (a[0] * at.get("factor", 1.0)).sum(1)
     if k == "fill":
-        C = values["__chunk_len__"]
-        return a[0].unsqueeze(1).expand(a[0].shape[0], C, *a[0].shape[1:])
+        return a[0].unsqueeze(1).expand(a[0].shape[0], dims["C"], *a[0].shape[1:])
     if k == "shift":
         z = torch.zeros_like(a[0][:, :1])
         return torch.cat([a[0][:, 1:], z], 1) if at["up"] else torch.cat([z, a[0][:, :-1]], 1)
@@ -124,11 +122,11 @@ def _chunk_tiles(tensors: dict, names) -> dict[str, torch.Tensor]:
     return {n: fold_heads(tensors[n]) for n in names}
 
 
-def _env(p: Program, tiles, start, end, extra):
+def _run_chunk(p: Program, tiles, start, end, problem, extra):
+    """Execute ``p`` on tokens [start, end) of ``tiles`` plus the per-chunk ``extra`` inputs."""
     env = {n: t[:, start:end] for n, t in tiles.items() if n in p.inputs}
     env.update(extra)
-    env["__chunk_len__"] = end - start
-    return env
+    return execute(p, env, {"C": end - start, "K": problem.K, "V": problem.V})
 
 
 def run_forward(fwd: Program, problem: Problem, tensors: dict, h0, chunk_size: int):
@@ -140,11 +138,10 @@ def run_forward(fwd: Program, problem: Problem, tensors: dict, h0, chunk_size: i
     ref = tiles["v"]
     state = start_state(h0, ref, problem.K, problem.V)
     scale = torch.full((NH,), problem.scale, dtype=ref.dtype, device=ref.device)
-    dims = {"__K__": problem.K, "__V__": problem.V}
     outs = []
     for start in range(0, T, chunk_size):
         end = min(start + chunk_size, T)
-        res = execute(fwd, _env(fwd, tiles, start, end, {"S": state, "scale": scale, **dims}))
+        res = _run_chunk(fwd, tiles, start, end, problem, {"S": state, "scale": scale})
         if "o" in res:
             outs.append(res["o"])
         state = res["S_new"]
@@ -161,14 +158,13 @@ def run_backward(state_prog: Program, bwd: Program, problem: Problem, tensors: d
     tiles = _chunk_tiles(tensors, list(tensors))
     NH = N * problem.HV
     ref = tiles["v"]
-    dims = {"__K__": problem.K, "__V__": problem.V}
     state = start_state(h0, ref, problem.K, problem.V)
     starts = list(range(0, T, chunk_size))
     chunk_states = []
     for start in starts:
         chunk_states.append(state)
         end = min(start + chunk_size, T)
-        state = execute(state_prog, _env(state_prog, tiles, start, end, {"S": state, **dims}))["S_new"]
+        state = _run_chunk(state_prog, tiles, start, end, problem, {"S": state})["S_new"]
 
     scale = torch.full((NH,), problem.scale, dtype=ref.dtype, device=ref.device)
     d_o_tiles = fold_heads(d_o)
@@ -176,8 +172,8 @@ def run_backward(state_prog: Program, bwd: Program, problem: Problem, tensors: d
     grads = {n: torch.zeros_like(t) for n, t in tiles.items()}
     for start, s0 in zip(reversed(starts), reversed(chunk_states)):
         end = min(start + chunk_size, T)
-        extra = {"S": s0, "scale": scale, "d_o": d_o_tiles[:, start:end], "d_S_new": d_state, **dims}
-        res = execute(bwd, _env(bwd, tiles, start, end, extra))
+        extra = {"S": s0, "scale": scale, "d_o": d_o_tiles[:, start:end], "d_S_new": d_state}
+        res = _run_chunk(bwd, tiles, start, end, problem, extra)
         for n in grads:
             if f"d_{n}" in res:
                 grads[n][:, start:end] += res[f"d_{n}"]

@@ -94,6 +94,18 @@ class Program:
                 return op.out
         return self.aliases.get(role)
 
+    def live(self) -> "Program":
+        """A copy without the ops whose values reach no output (and without unused inputs)."""
+        needed = set(self.outputs.values())
+        for op in reversed(self.ops):
+            if op.out in needed:
+                needed.update(op.args)
+        q = self.copy()
+        q.ops = [op for op in self.ops if op.out in needed]
+        q.inputs = {n: s for n, s in self.inputs.items() if n in needed or n in self.carried}
+        q.aliases = {r: v for r, v in self.aliases.items() if v in q.inputs}
+        return q
+
     def index_of(self, value: str) -> int:
         return next(i for i, op in enumerate(self.ops) if op.out == value)
 

@@ -6,19 +6,9 @@ from gdnc.ir.program import Program
 
 def dce(p: Program) -> Program:
     """Drop ops whose values reach no output."""
-    p = p.copy()
-    live = set(p.outputs.values())
-    kept = []
-    for op in reversed(p.ops):
-        if op.out in live:
-            kept.append(op)
-            live.update(op.args)
-    removed = len(p.ops) - len(kept)
-    p.ops = kept[::-1]
-    p.inputs = {n: s for n, s in p.inputs.items() if n in live or n in p.carried}
-    p.aliases = {r: v for r, v in p.aliases.items() if v in p.inputs}
-    p.log.append(f"dce: removed {removed} dead op(s)")
-    return p
+    live = p.live()
+    live.log.append(f"dce: removed {len(p.ops) - len(live.ops)} dead op(s)")
+    return live
 
 
 def cse(p: Program, kinds: frozenset[str] | None = None, label: str = "cse") -> Program:
