@@ -189,7 +189,7 @@ def markdown(results: dict) -> str:
            "(see the notes at the end)")
     lines = [
         f"# GDN forward: {dev['name']}, {results['date']}", "",
-        (f"{'Quick subset' if results['settings']['quick'] else 'Full table'}, "
+        (f"{_selection(results['settings'])}, "
         f"{len(results['shapes'])} shapes. Every provider ran in one process on the same fresh "
         f"random inputs (seed {results['settings']['seed']}); times are {how}, ± is the spread "
         f"between two repeats. Floor = max(FLOPs / GEMM rate, bytes / "
@@ -276,5 +276,14 @@ def main(argv=None) -> int:
     return 0
 
 
+def _selection(settings: dict) -> str:
+    """Which shapes the run was asked for: the quick subset, a filter, or the full table."""
+    selection = "Quick subset" if settings.get("quick") else "Full table"
+    if settings.get("shapes_filter"):
+        selection += f" filtered by {settings['shapes_filter']!r}"
+    return selection
+
+
 if __name__ == "__main__":
     raise SystemExit(main())
+
