@@ -40,4 +40,4 @@ def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
     if not torch.cuda.is_available():
         assert "no Hopper GPU here" in out
     assert main(["check", "kda", "--T", "70"]) == 0
-    assert "kda: no kernel templates yet" in capsys.readouterr().out
+    assert "kda: no kernel template yet" in capsys.readouterr().out

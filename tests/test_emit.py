@@ -61,3 +61,15 @@ def test_config_checks():
         Heads(4, 6)
     with pytest.raises(ValueError, match="dtype must be one of"):
         Heads(2, 4, dtype="float32")
+
+
+def test_templates_go_by_the_math_not_the_name():
+    from gdnc.ir import Input
+
+    renamed = GDN.replace(name="my_gdn")
+    assert set(render(renamed, Heads(2, 8))) == {"gdn_inverse", "gdn_forward"}
+    h, beta = Input("h"), Input("beta")
+    other_gate = GDN.replace(update=gdnc.exp(h) * (gdnc.I - beta * gdnc.k * gdnc.k.T) * gdnc.S
+                             + beta * gdnc.k * gdnc.v.T)
+    with pytest.raises(UnsupportedRecurrence, match="need the decay exp\\(g\\)"):
+        render(other_gate, Heads(2, 8))

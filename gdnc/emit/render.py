@@ -31,11 +31,11 @@ def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
     wanted = {"decay": "scalar", "transition": "rank-1 (same key)", "read": "after"}
     mismatched = {a: axes[a] for a, v in wanted.items() if axes[a] != v}
     if mismatched or sstr(form.write_value) != "beta*v" or sstr(form.erase_coef) != "beta" \
-            or sstr(form.read_vector) != "q" or sstr(form.direction) != "k":
+            or sstr(form.read_vector) != "q" or sstr(form.direction) != "k" or sstr(form.log_decay) != "g":
         raise UnsupportedRecurrence(
             f"{form.recurrence.name}: no kernel template yet for {axes} (write {sstr(form.write_value)}); "
-            "the gdn templates need a scalar decay, the erase beta*k*k.T, the write beta*v and o = S.T*q "
-            "after the update. Use gdnc.reference for this recurrence.")
+            "the gdn templates need the decay exp(g), the erase beta*k*k.T, the write beta*v and "
+            "o = S.T*q after the update. Use gdnc.reference for this recurrence.")
     fwd = compiled.forward.live()
     kinds = [op.kind for op in fwd.ops]
     spilled = sorted({op.role for op in fwd.ops if op.kind == "hbm"})
