@@ -107,6 +107,6 @@ def test_bad_input_is_refused_without_launching():
         gdnc.chunk_gated_delta_rule(q, k, v[:, :, :3], g[..., :3], beta[..., :3])
     with pytest.raises(ValueError, match="is on cpu"):
         gdnc.chunk_gated_delta_rule(q, k, v.cpu(), g, beta)
-    with pytest.warns(UserWarning, match="K in \\(64, 128\\)"):
+    with pytest.warns(UserWarning, match="checked for K = V = 128, got K=96"):
         gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
     assert os.environ["GDNC_POISON_OUTPUTS"] == "1"
