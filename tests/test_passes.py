@@ -216,3 +216,8 @@ def test_cse_and_dce_before_after():
     cleaned = dce(merged)
     assert dead not in {op.out for op in cleaned.ops} and "removed" in cleaned.log[-1]
     assert dead in {op.out for op in merged.ops}
+
+
+def test_split_state_xy_refuses_identity_transition():
+    state = build_state_only(classify(gdnc.get_variant("simple_gla")))
+    assert "identity transition" in split_state_xy(state).log[-1]

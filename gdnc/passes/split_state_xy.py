@@ -21,8 +21,7 @@ def split_state_xy(p: Program) -> Program:
         return p
     free = p.value_of("A_free")
     if free is None:
-        reason = "identity transition: the chain has no inverse" if p.value_of("v_new") is None or \
-            p.value_of("A") is None and p.value_of("A_free") is None else \
+        reason = "identity transition: the chain has no inverse" if p.value_of("A") is None else \
             "the inverse still carries gates (per-K decay, or hoist_gates not applied)"
         p.log.append(f"split_state_xy: skipped ({reason})")
         return p
