@@ -41,3 +41,26 @@ def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
         assert "no Hopper GPU here" in out
     assert main(["check", "kda", "--T", "70"]) == 0
     assert "kda: no kernel template yet" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monkeypatch):
+    import time
+
+    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
+    start = time.perf_counter()
+    assert main(["build", "2/8", "--workers", "2"]) == 0
+    first = time.perf_counter() - start
+    assert "[2/2] 2/8" in capsys.readouterr().out
+    sources = list(tmp_path.glob("*/sources/*/*.py"))
+    assert {p.name.split("-")[0] for p in sources} == {"gdn_inverse", "gdn_forward"}
+    start = time.perf_counter()
+    assert main(["build", "2/8", "--workers", "2"]) == 0
+    assert time.perf_counter() - start < first  # compiled kernels come from the cache
+
+
+def test_bench_needs_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the benchmark would run")
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(["bench", "--quick"])
