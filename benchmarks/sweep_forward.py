@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+import gdnc
 from gdnc.emit.build import compile_many
 from gdnc.emit.config import ForwardConfig, Heads
 from gdnc.ops import sources_for
@@ -25,14 +26,13 @@ def main(argv=None):
     heads = sorted({(h, hv) for h, hv, _, _ in SHAPES})
     sources = {(hq, hv, cfg, name): src for hq, hv in heads for cfg in CONFIGS
                for name, src in sources_for(Heads(hq, hv), cfg).items()}
-    compile_many(sources, args.workers)
+    compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
     if args.compile_only:
         return 0
 
     import torch
     import torch.nn.functional as F
 
-    import gdnc
     from gdnc.bench.timing import time_calls
     from gdnc.reference.compare import relative_error
     from gdnc.reference.problem import check_arguments

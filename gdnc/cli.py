@@ -59,6 +59,7 @@ def _cmd_build(args) -> int:
 
     from gdnc.emit.build import cache_root, compile_many
     from gdnc.emit.config import Heads
+    from gdnc.ir.library import get_variant
     from gdnc.ops import sources_for
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
@@ -66,7 +67,7 @@ def _cmd_build(args) -> int:
     sources = {(h, name): src for h in heads for name, src in sources_for(h).items()}
     print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "
           f"{args.workers} workers, cache {cache_root()}", flush=True)
-    compile_many(sources, args.workers, progress=lambda done, key: print(
+    compile_many(sources, args.workers, get_variant("gdn").ir_hash, progress=lambda done, key: print(
         f"  [{done}/{len(sources)}] {key[0].h_qk}/{key[0].h_v} {key[1]} ({time.perf_counter() - start:.0f}s)",
         flush=True))
     return 0

@@ -133,12 +133,9 @@ def _warm(args) -> tuple:
     return key
 
 
-def compile_many(sources: dict, workers: int, ir_hash: str | None = None, progress=None) -> None:
-    """Compile independent kernels in parallel processes, filling the on-disk cache. ``sources`` maps
-    keys whose last element is the kernel name to rendered sources."""
-    from gdnc.ir.library import get_variant
-
-    ir_hash = ir_hash or get_variant("gdn").ir_hash
+def compile_many(sources: dict, workers: int, ir_hash: str, progress=None) -> None:
+    """Compile independent kernels of one recurrence in parallel processes, filling the on-disk cache.
+    ``sources`` maps keys whose last element is the kernel name to rendered sources."""
     jobs = [(key, src, ir_hash) for key, src in sources.items()]
     # spawn, not fork: the caller may already hold a CUDA context
     with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:

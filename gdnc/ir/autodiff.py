@@ -64,8 +64,8 @@ def _is_constant(value: str, fwd: Program) -> bool:
 def _vjp(b: Builder, op, dy: str, fwd: Program) -> list[tuple[str, str]]:
     """[(arg, gradient of arg)] for one forward op given the gradient dy of its output."""
     k, at, a = op.kind, dict(op.attrs), op.args
-    if at.get("base", "e") != "e" or at.get("factor", 1.0) != 1.0:
-        raise ValueError(f"autodiff runs before use_exp2; {op.out} has base/factor attrs {at}")
+    if at.get("base", "e") != "e":
+        raise ValueError(f"autodiff runs before use_exp2; {op.out} has base {at['base']}")
     if k == "gemm":
         ta, tb = at.get("ta", False), at.get("tb", False)
         da = b.op("gemm", a[1], dy, ta=tb, tb=True) if ta else b.op("gemm", dy, a[1], tb=not tb)
@@ -89,7 +89,7 @@ def _vjp(b: Builder, op, dy: str, fwd: Program) -> list[tuple[str, str]]:
     if k == "exp":
         return [(a[0], b.op("mul", dy, op.out))]
     if k == "cumsum":
-        return [(a[0], b.op("cumsum", dy, reverse=not at["reverse"], exclusive=at["exclusive"], factor=1.0))]
+        return [(a[0], b.op("cumsum", dy, reverse=not at["reverse"], exclusive=at["exclusive"]))]
     if k == "total":
         return [(a[0], b.op("fill", dy, like=fwd.shape_of(a[0])))]
     if k == "shift":

@@ -108,12 +108,11 @@ class _Gates:
                 ones = b.op("const", value=1.0, shape=("C", "K"), name="ones_CK")
                 log_k = b.op("add", log_k, b.op("scale_rows", ones, log), name="log_decay_K", role="log_decay")
             log = log_k
-        self.log = log
-        self.l = b.op("cumsum", log, reverse=False, exclusive=False, factor=1.0, name="l", role="l")
+        self.l = b.op("cumsum", log, reverse=False, exclusive=False, name="l", role="l")
         self.gamma = b.op("exp", self.l, base="e", name="gamma", role="gamma")
-        suffix = b.op("cumsum", log, reverse=True, exclusive=True, factor=1.0, name="l_to_end")
+        suffix = b.op("cumsum", log, reverse=True, exclusive=True, name="l_to_end")
         self.to_end = b.op("exp", suffix, base="e", name="r", role="r")
-        self.gamma_last = b.op("exp", b.op("total", log, name="l_last", factor=1.0), base="e",
+        self.gamma_last = b.op("exp", b.op("total", log, name="l_last"), base="e",
                                name="gamma_last", role="gamma_last")
 
     def rows(self, x: str, gate: str | None, name: str) -> str:

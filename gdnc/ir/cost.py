@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from gdnc.ir.program import Program
+from gdnc.ir.program import PAIR_GATES, Program
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-EXPONENTIALS = ("exp", "decay_mask", "gated_inner", "gated_inner_grad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +58,7 @@ def cost(p: Program, C: int = 64, K: int = 128, V: int = 128) -> Cost:
         elif op.kind == "exp":
             sfu += n
             cuda += n if at["base"] == "e" else 0
-        elif op.kind in ("decay_mask", "gated_inner", "gated_inner_grad"):
+        elif op.kind in PAIR_GATES:
             per_pair = K if op.kind != "decay_mask" else 1
             exps = pairs * per_pair
             sfu += exps
@@ -119,7 +118,7 @@ def positive_exponentials(p: Program) -> list[str]:
                 nonincreasing.add(op.out)
         if op.kind == "exp" and args[0] not in nonpos:
             risky.append(op.out)
-        elif op.kind in ("decay_mask", "gated_inner", "gated_inner_grad"):
+        elif op.kind in PAIR_GATES:
             logs = args[:1] if op.kind == "decay_mask" else args[2:4] if op.kind == "gated_inner" else args[3:5]
             if not all(a in nonincreasing for a in logs):
                 risky.append(op.out)

@@ -58,7 +58,7 @@ def _eval(op, a, dims, like):
     if k == "exp":
         return a[0].exp() if at["base"] == "e" else torch.exp2(a[0])
     if k == "cumsum":
-        x = a[0] * at.get("factor", 1.0)
+        x = a[0]
         if not at["exclusive"]:
             return x.flip(1).cumsum(1).flip(1) if at["reverse"] else x.cumsum(1)
         # exclusive sums start (or end) with an exact 0, not a difference that rounds to one
@@ -66,7 +66,7 @@ def _eval(op, a, dims, like):
         return torch.cat([x[:, 1:].flip(1).cumsum(1).flip(1), zero], 1) if at["reverse"] else \
             torch.cat([zero, x[:, :-1].cumsum(1)], 1)
     if k == "total":
-        return (a[0] * at.get("factor", 1.0)).sum(1)
+        return a[0].sum(1)
     if k == "fill":
         return a[0].unsqueeze(1).expand(a[0].shape[0], dims["C"], *a[0].shape[1:])
     if k == "shift":

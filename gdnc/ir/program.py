@@ -16,15 +16,15 @@ Op kinds (args; attrs) -> shape:
     scale_cols   (x, s)                           x [M, N] * s [N] per column
     scale_by     (x, s)                           x * s for a per-chunk scalar s ()
     exp          (x; base)                        base ** x, base "e" or "2"
-    cumsum       (x; reverse, exclusive, factor)  chunk-local (inclusive/exclusive) prefix or suffix
-                                                  sums along tokens, of x * factor
+    cumsum       (x; reverse, exclusive)          chunk-local (inclusive/exclusive) prefix or suffix
+                                                  sums along tokens
     total        (x)                              sum over the chunk's tokens ([C] -> (), [C,K] -> [K])
     fill         (s; like)                        broadcast a total's gradient back over tokens
     shift        (x; up)                          y_i = x_(i-1) (down, y_0 = 0) or x_(i+1) (up)
     decay_mask   (l; mode, base)                  [C, C] G_ij = base^(l_i - l_j) (scalar gates)
     gated_inner  (a, b, la, lb; mode, base)       [C, C] Σ_c a_ic b_jc base^(la_ic - lb_jc) (per-K gates)
     gated_inner_grad (dy, a, b, la, lb; mode, base, wrt)   the VJP of gated_inner w.r.t. one argument
-    decay_mask_grad  (dG, G; mode, factor)        the VJP of decay_mask: the gradient of l
+    decay_mask_grad  (dG, G; mode)                the VJP of decay_mask: the gradient of l
     tri_inverse  (m)                              (I + StrictLower(m))^-1, unit lower triangular
     tril         (x; strict)                      lower triangle (strict: below the diagonal)
     rowsum, colsum (x)                            [M, N] -> [M] / [N]
@@ -43,6 +43,8 @@ from typing import Any
 
 Shape = tuple[str, ...]
 MASK_MODES = ("inclusive", "strict", "shifted")
+PAIR_GATES = frozenset({"decay_mask", "gated_inner", "gated_inner_grad"})  # exponentiate l_i − l_j
+EXPONENTIALS = PAIR_GATES | {"exp"}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import math
 
-from gdnc.ir.program import Builder, Program
+from gdnc.ir.program import EXPONENTIALS, Builder, Program
 
 LINEAR_IN_LOG = frozenset({"cumsum", "total", "shift"})
-EXPONENTIALS = frozenset({"exp", "decay_mask", "gated_inner", "gated_inner_grad"})
 
 
 def use_exp2(p: Program) -> Program:

@@ -23,7 +23,6 @@ import math
 
 import torch
 
-from gdnc.ir.classify import classify
 from gdnc.ir.recurrence import Recurrence
 from gdnc.reference.chunked import chunked
 
@@ -79,9 +78,6 @@ def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial
     """The chunked reference run the context-parallel way: summaries per segment, the chain, then
     every segment from its chained start state. Same arguments and results as
     gdnc.reference.chunked (B = 1), plus ``segment_len``."""
-    form = classify(rec)
-    if form.decay_channel == "V":
-        raise ValueError(f"{rec.name}: segmented runs need a chunked form; per-V decay has none yet")
     if q.shape[0] != 1:
         raise ValueError(f"segmented runs take packed sequences (B = 1), got B = {q.shape[0]}")
     T = q.shape[1]
