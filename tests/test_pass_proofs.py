@@ -64,3 +64,14 @@ def test_merge_gate_gradients_identity():
     separate = rows_minus_cols(d1.multiply_elementwise(g)) + rows_minus_cols(d2.multiply_elementwise(g))
     merged = rows_minus_cols((d1 + d2).multiply_elementwise(g))
     assert sp.expand(separate - merged) == sp.zeros(C, 1)
+
+
+def test_reassociate_chain_identity():
+    """R7: D_rᵀ (A_β W) = (A_βᵀ D_r)ᵀ W and P_g (A_β W) = (P_g A_β) W — the kernel's X̃ = (r ⊙ A_β)ᵀ K
+    is A_βᵀ D_r with the row scaling r moved from K (C×K) onto A_β (C×C)."""
+    a, w, p = sym_matrix("a", C, C), sym_matrix("w", C, V), sym_matrix("p", C, C)
+    r = sp.diag(*[sp.Symbol(f"r{i}", positive=True) for i in range(C)])
+    d_r = r * D
+    assert sp.expand(d_r.T * (a * w) - (a.T * d_r).T * w) == sp.zeros(K, V)
+    assert sp.expand((a.T * d_r) - (r * a).T * D) == sp.zeros(C, K)
+    assert sp.expand(p * (a * w) - (p * a) * w) == sp.zeros(C, V)

@@ -13,13 +13,14 @@ from gdnc.passes.eliminate_wu import eliminate_wu
 from gdnc.passes.fuse_forward import fuse_forward
 from gdnc.passes.hoist_gates import hoist_gates
 from gdnc.passes.merge_gate_gradients import merge_gate_gradients
+from gdnc.passes.reassociate_chain import reassociate_chain
 from gdnc.passes.share_decay_mask import share_decay_mask
 from gdnc.passes.split_state_xy import split_state_xy
 from gdnc.passes.use_exp2 import use_exp2
 
 # Rewrites of the forward structure; the backward is differentiated after them.
 STRUCTURE = (hoist_gates, eliminate_wu, fuse_forward)
-FORWARD = STRUCTURE + (share_decay_mask, use_exp2, cse, dce)
+FORWARD = STRUCTURE + (reassociate_chain, share_decay_mask, use_exp2, cse, dce)
 STATE = STRUCTURE + (split_state_xy, use_exp2, cse, dce)
 BACKWARD = (share_decay_mask, merge_gate_gradients, use_exp2, cse, dce)
 
