@@ -12,9 +12,8 @@ from gdnc.emit.build import compile_many
 from gdnc.emit.config import ForwardConfig, Heads
 from gdnc.ops import sources_for
 
-CONFIGS = [ForwardConfig(block_v=bv, threads=th, num_stages=st)
-           for bv, th, st in [(64, 128, 2), (32, 128, 2), (32, 256, 2), (64, 256, 1), (32, 128, 1), (64, 128, 3)]]
-SHAPES = [(16, 32, 1, 8192), (16, 32, 4, 8192), (2, 8, 1, 8192)]  # h_qk, h_v, sequences, tokens each
+CONFIGS = [ForwardConfig(block_v=64), ForwardConfig(block_v=32)]
+SHAPES = [(16, 32, 1, 8192), (16, 32, 4, 8192), (2, 8, 1, 8192), (16, 64, 8, 4096)]  # h_qk, h_v, sequences, tokens each
 
 
 def main(argv=None):
@@ -36,7 +35,7 @@ def main(argv=None):
     from gdnc.bench.timing import time_calls
     from gdnc.reference.compare import relative_error
     from gdnc.reference.problem import check_arguments
-    from gdnc.ops import run_kernels
+    from gdnc.ops import chunk_index, kernels, run_kernels
 
     rows = []
     for hq, hv, n, t in SHAPES:
@@ -50,6 +49,15 @@ def main(argv=None):
         s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
         ref, _ = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
+        # the prepare kernel alone (the same for every forward config)
+        prepare = kernels(Heads(hq, hv))["gdn_prepare"]
+        flat_k, flat_g, flat_b = k.reshape(T, hq, 128), g.reshape(T, hv).contiguous(), beta.reshape(T, hv).contiguous()
+        a_free = torch.empty(T, hv, 64, dtype=q.dtype, device="cuda")
+        l2 = torch.empty(T, hv, dtype=torch.float32, device="cuda")
+        index = chunk_index(cu, s, "cuda")
+        prep_ms = time_calls([lambda: prepare(flat_k, flat_g, flat_b, cu, index, a_free, l2)]).ms
+        rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": "gdn_prepare alone", "ms": prep_ms})
+        print(f"{hq}/{hv} {n}x{t} gdn_prepare alone: {prep_ms:.3f} ms", flush=True)
         for cfg in CONFIGS:
             fn = lambda: run_kernels(q, k, v, g, beta, s, None, False, cu, forward=cfg)  # noqa: E731
             o, _ = fn()
@@ -58,7 +66,7 @@ def main(argv=None):
             rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": cfg.__dict__, "ms": ms,
                          "repeats_ms": timing.repeats_ms, "method": timing.method,
                          "diff_vs_default": relative_error(o, ref)})
-            print(f"{hq}/{hv} {n}x{t} bv={cfg.block_v} thr={cfg.threads} st={cfg.num_stages}: {ms:.3f} ms "
+            print(f"{hq}/{hv} {n}x{t} bv={cfg.block_v} regs={cfg.registers}: {ms:.3f} ms "
                   f"(vs default {rows[-1]['diff_vs_default']:.1e})", flush=True)
     if args.out:
         with open(args.out, "w") as f:

@@ -53,13 +53,13 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
     import shutil
 
     from gdnc.emit.build import lower_cuda, nvcc_report
-    from gdnc.emit.config import InverseConfig
+    from gdnc.emit.config import PrepareConfig
     from gdnc.emit.render import render
     from gdnc.ir.classify import UnsupportedRecurrence
     from gdnc.ops import DEFAULT_FORWARD
 
     try:
-        sources = render(rec, heads, DEFAULT_FORWARD, InverseConfig())
+        sources = render(rec, heads, DEFAULT_FORWARD, PrepareConfig())
     except UnsupportedRecurrence as e:
         return True, f"{e} (references only)"
     lines, ok = [], True

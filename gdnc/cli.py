@@ -28,7 +28,7 @@ def _cmd_check(args) -> int:
     from gdnc.check import check_references
 
     from gdnc.check import check_kernels
-    from gdnc.emit.config import Heads
+    from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
 
     ok = True
     heads = Heads(*map(int, args.heads.split("/")))
@@ -58,17 +58,25 @@ def _cmd_build(args) -> int:
     import time
 
     from gdnc.emit.build import cache_root, compile_many
-    from gdnc.emit.config import Heads
+    from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
     from gdnc.ir.library import get_variant
     from gdnc.ops import sources_for
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
     start = time.perf_counter()
-    sources = {(h, name): src for h in heads for name, src in sources_for(h).items()}
+    # every forward config the op may pick (plan_block_v), so a call never compiles on the GPU;
+    # kernels that do not depend on the forward config are built once
+    first_key = {}
+    for h in heads:
+        for block_v in DEFAULT_REGISTERS:
+            for name, src in sources_for(h, ForwardConfig(block_v=block_v)).items():
+                first_key.setdefault(src, (h, block_v, name))
+    sources = {key: src for src, key in first_key.items()}
     print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "
           f"{args.workers} workers, cache {cache_root()}", flush=True)
     compile_many(sources, args.workers, get_variant("gdn").ir_hash, progress=lambda done, key: print(
-        f"  [{done}/{len(sources)}] {key[0].h_qk}/{key[0].h_v} {key[1]} ({time.perf_counter() - start:.0f}s)",
+        f"  [{done}/{len(sources)}] {key[0].h_qk}/{key[0].h_v} {key[2]} (block_v {key[1]}) "
+        f"({time.perf_counter() - start:.0f}s)",
         flush=True))
     return 0
 

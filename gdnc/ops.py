@@ -1,13 +1,13 @@
 """gdnc.chunk_gated_delta_rule: FLA's GDN op on gdnc's generated Hopper kernels.
 
-The forward runs two generated kernels: the gate-free inverse of every chunk, then the fused forward
-over chunks. What the kernels do not cover falls back to the chunked reference, saying why once:
+The forward runs two generated kernels: gdn_prepare (per chunk, the gate-free inverse and the
+cumulative log2 gate), then the fused, warp-specialised forward over chunks. What the kernels do not cover falls back to the chunked reference, saying why once:
 no CUDA tensors (or not a Hopper GPU), dtypes other than bf16 and head sizes other than
 K = V = 128 (the only ones checked on the GPU yet), and —
 until gdnc generates the backward — calls that need gradients.
 
-Varlen calls read cu_seqlens on the host once to lay out the chunks of the inverse kernel (a device
-sync); fixed-length calls do not synchronise.
+Varlen calls read cu_seqlens on the host once (a device sync) and copy the chunk layout of the
+prepare kernel to the device, which a CUDA graph cannot capture; fixed-length calls do neither.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from gdnc.emit.build import compile_all
-from gdnc.emit.config import ForwardConfig, Heads, InverseConfig
+from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.library import get_variant
+from gdnc.plan import plan_block_v
 from gdnc.reference.chunked import chunked
 from gdnc.reference.problem import check_arguments
 
@@ -79,23 +80,24 @@ def _unsupported(q, k, v, s) -> str | None:
     return None
 
 
-DEFAULT_FORWARD = ForwardConfig(block_v=64, threads=128, num_stages=2)
+DEFAULT_FORWARD = ForwardConfig(block_v=64)
 
 
 def sources_for(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD,
-                inverse: InverseConfig = InverseConfig()) -> dict[str, str]:
+                prepare: PrepareConfig = PrepareConfig()) -> dict[str, str]:
     """The rendered kernels for one head configuration (default configs until the autotuner picks)."""
-    return render(get_variant("gdn"), heads, forward, inverse)
+    return render(get_variant("gdn"), heads, forward, prepare)
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, inverse: InverseConfig = InverseConfig()) -> dict:
+def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, prepare: PrepareConfig = PrepareConfig()) -> dict:
     """Compiled kernels for one head configuration and config (cached in-process and on disk)."""
-    return compile_all(sources_for(heads, forward, inverse), get_variant("gdn").ir_hash)
+    return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
 
-def _chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
-    """[num_chunks, 2] int32: (sequence, chunk within the sequence) for every chunk."""
+def chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
+    """[num_chunks, 2] int32: (sequence, chunk within the sequence) for every chunk. Built on the host
+    from the checked offsets: a host-to-device copy, which a CUDA graph cannot capture."""
     if s.seqlens is None:
         per_seq = math.ceil(s.T / CHUNK)
         idx = torch.arange(s.B * per_seq, device=device, dtype=torch.int32)
@@ -105,12 +107,18 @@ def _chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.int32, device=device)
 
 
+def forward_config_for(heads: Heads, num_sequences: int, device) -> ForwardConfig:
+    """The forward config of one call (a fixed heuristic until the autotuner chooses per shape)."""
+    sm_count = torch.cuda.get_device_properties(device).multi_processor_count
+    return ForwardConfig(block_v=plan_block_v(num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim))
+
+
 def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens,
-                forward: ForwardConfig = DEFAULT_FORWARD):
+                forward: ForwardConfig | None = None):
     """The kernel path of chunk_gated_delta_rule for a checked call ``s`` (check_arguments)."""
     device, dtype = q.device, q.dtype
     heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
-    compiled = kernels(heads, forward)
+    compiled = kernels(heads, forward or forward_config_for(heads, s.num_sequences, device))
     tokens = s.B * s.T
     N = s.num_sequences
     if cu_seqlens is None:
@@ -124,11 +132,12 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     empty = (lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt, device=device)) if poison else \
         (lambda *shape, dt: torch.empty(shape, dtype=dt, device=device))
     a_free = empty(tokens, s.HV, CHUNK, dt=dtype)
-    compiled["gdn_inverse"](flat["k"], flat["beta"], cu, _chunk_index(cu, s, device), a_free)
+    l2_gate = empty(tokens, s.HV, dt=torch.float32)
+    compiled["gdn_prepare"](flat["k"], flat["g"], flat["beta"], cu, chunk_index(cu, s, device), a_free, l2_gate)
     h0 = initial_state.float().contiguous() if initial_state is not None else \
         torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
     o = empty(tokens, s.HV, s.V, dt=dtype)
     final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
-    compiled["gdn_forward"](flat["q"], flat["k"], flat["v"], flat["g"], flat["beta"], a_free, cu, h0, s.scale,
+    compiled["gdn_forward"](flat["q"], flat["k"], flat["v"], l2_gate, flat["beta"], a_free, cu, h0, s.scale,
                             o, final_state)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)

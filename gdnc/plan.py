@@ -41,3 +41,14 @@ def plan_segment_len(seqlens: list[int], h_v: int, v_blocks: int, sm_count: int,
     segment_len = math.ceil(sum(lengths) / segments / chunk) * chunk
     segment_len = max(segment_len, config.min_segment_chunks * chunk)
     return 0 if segment_len >= max(lengths) else segment_len
+
+
+def plan_block_v(num_sequences: int, h_v: int, sm_count: int, choices: tuple[int, ...] = (64, 32),
+                 v_dim: int = 128) -> int:
+    """V columns per CTA of the fused forward: the widest block whose (sequence, head, block) CTAs
+    still fill every SM; the narrowest when none does. Narrow blocks shorten each chunk's serial
+    work but repeat the state-free work (Q Kᵀ, X̃, M) once per block."""
+    for block_v in choices:
+        if num_sequences * h_v * (v_dim // block_v) >= sm_count:
+            return block_v
+    return choices[-1]

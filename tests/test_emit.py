@@ -7,7 +7,7 @@ import pytest
 
 import gdnc
 from gdnc.emit.build import lower_cuda, nvcc_report
-from gdnc.emit.config import ForwardConfig, Heads, InverseConfig
+from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.classify import UnsupportedRecurrence
 
@@ -23,7 +23,7 @@ def cache_dir(tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize("h_qk,h_v", BENCH_HEADS)
 def test_render_is_python_with_the_header(h_qk, h_v):
     sources = render(GDN, Heads(h_qk, h_v))
-    assert set(sources) == {"gdn_inverse", "gdn_forward"}
+    assert set(sources) == {"gdn_prepare", "gdn_forward"}
     for name, src in sources.items():
         ast.parse(src)
         assert GDN.ir_hash in src and GDN.equation() in src
@@ -33,20 +33,20 @@ def test_render_is_python_with_the_header(h_qk, h_v):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
-@pytest.mark.parametrize("h_qk,h_v", BENCH_HEADS)
-def test_lower_and_nvcc(h_qk, h_v):
-    config = ForwardConfig(block_v=64, threads=128, num_stages=2)
-    sources = render(GDN, Heads(h_qk, h_v), config, InverseConfig())
-    inverse = nvcc_report(lower_cuda(sources["gdn_inverse"], "gdn_inverse", GDN.ir_hash))
+@pytest.mark.parametrize("h_qk,h_v,block_v", [(hq, hv, 64) for hq, hv in BENCH_HEADS] + [(2, 8, 32)])
+def test_lower_and_nvcc(h_qk, h_v, block_v):
+    sources = render(GDN, Heads(h_qk, h_v), ForwardConfig(block_v=block_v), PrepareConfig())
+    prepare = nvcc_report(lower_cuda(sources["gdn_prepare"], "gdn_prepare", GDN.ir_hash))
     forward = nvcc_report(lower_cuda(sources["gdn_forward"], "gdn_forward", GDN.ir_hash))
-    for name, rep in (("inverse", inverse), ("forward", forward)):
+    for name, rep in (("prepare", prepare), ("forward", forward)):
         assert rep.wgmma, f"{name}: no wgmma in the generated CUDA"
-        assert rep.spill_stores == rep.spill_loads == 0, f"{name}: register spills {rep}"
+        assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"{name}: register spills {rep}"
         assert rep.registers <= 255
-    assert forward.tma, "forward: the pipelined loads are not TMA"
-    assert inverse.launch_threads == 128
-    # one consumer warpgroup (128 threads) plus TileLang's TMA producer warpgroup
-    assert forward.launch_threads == 256
+    assert prepare.launch_threads == 128
+    # four warpgroups: state, prepare, output, loader — each with its setmaxnreg budget
+    assert forward.launch_threads == 512 and forward.registers <= 128
+    assert forward.tma, "forward: the loader's copies are not TMA"
+    assert forward.setmaxnreg, "forward: no per-role register budgets"
 
 
 def test_unsupported_recurrence_is_refused_with_reason():
@@ -55,8 +55,14 @@ def test_unsupported_recurrence_is_refused_with_reason():
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match="block_v must be 32, 64 or 128 and divide V=96"):
+    with pytest.raises(ValueError, match=r"block_v must be one of \(32, 64\) and divide V=96"):
         render(GDN, Heads(2, 4, 128, 96), ForwardConfig(block_v=64))
+    with pytest.raises(ValueError, match="block_v must be one of"):
+        ForwardConfig(block_v=128).check(Heads(2, 4))
+    with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
+        ForwardConfig(block_v=64, registers=(256, 256, 128, 40)).check(Heads(2, 4))
+    with pytest.raises(ValueError, match="consumer budgets must be at least"):
+        ForwardConfig(block_v=64, registers=(184, 168, 120, 40)).check(Heads(2, 4))
     with pytest.raises(ValueError, match="h_v=6 must be a multiple of h_qk=4"):
         Heads(4, 6)
     with pytest.raises(ValueError, match="dtype must be one of"):
@@ -67,7 +73,7 @@ def test_templates_go_by_the_math_not_the_name():
     from gdnc.ir import Input
 
     renamed = GDN.replace(name="my_gdn")
-    assert set(render(renamed, Heads(2, 8))) == {"gdn_inverse", "gdn_forward"}
+    assert set(render(renamed, Heads(2, 8))) == {"gdn_prepare", "gdn_forward"}
     h, beta = Input("h"), Input("beta")
     other_gate = GDN.replace(update=gdnc.exp(h) * (gdnc.I - beta * gdnc.k * gdnc.k.T) * gdnc.S
                              + beta * gdnc.k * gdnc.v.T)

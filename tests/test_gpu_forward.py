@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import gdnc
 from gdnc.check import kernel_vs_reference
+from gdnc.emit.config import ForwardConfig
 
 pytestmark = pytest.mark.gpu
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -92,6 +93,19 @@ def test_decay_extremes_and_no_initial_state(gates, h0):
 
 def test_batch_of_sequences():
     check(*inputs(1000, 8, 32, B=4, N=4))
+
+
+@pytest.mark.parametrize("block_v", [32, 64])
+@pytest.mark.parametrize("gates", ["normal", "mixed"])
+def test_every_value_block_width(block_v, gates, monkeypatch):
+    """Both forward configs the op picks from, whatever the shape would choose: varlen with
+    length-1 sequences, h0, and g = 0 next to strong decay."""
+    import gdnc.ops
+
+    monkeypatch.setattr(gdnc.ops, "forward_config_for", lambda *_: ForwardConfig(block_v=block_v))
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu)
 
 
 def test_repeated_runs_are_bitwise_identical():

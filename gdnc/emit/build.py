@@ -87,7 +87,7 @@ def nvcc_report(cuda_source: str) -> NvccReport:
                       spill_loads=number(r"(\d+) bytes spill loads"), stack_frame=number(r"(\d+) bytes stack frame"),
                       launch_threads=int(launch.group(1)) if launch else 0,
                       wgmma="wgmma" in cuda_source, tma="CUtensorMap" in cuda_source or "tma_load" in cuda_source,
-                      setmaxnreg="setmaxnreg" in cuda_source or "set_max_nreg" in cuda_source)
+                      setmaxnreg=any(word in cuda_source for word in ("setmaxnreg", "warpgroup_reg_alloc")))
 
 
 @functools.lru_cache(maxsize=1)
@@ -123,8 +123,19 @@ def compile_kernel(source: str, name: str, ir_hash: str):
     import tilelang
 
     _use_cache_dir()
-    return tilelang.compile(load(materialize(source, name, ir_hash)), target=TARGET, execution_backend="tvm_ffi",
-                            pass_configs=PASS_CONFIGS)
+    path = materialize(source, name, ir_hash)
+    kernel = tilelang.compile(load(path), target=TARGET, execution_backend="tvm_ffi", pass_configs=PASS_CONFIGS)
+    _built_stamp(path).touch()
+    return kernel
+
+
+def _built_stamp(source_path: Path) -> Path:
+    """Marks a rendered source whose compiled kernel is in TileLang's cache under cache_root()."""
+    return source_path.with_suffix(".built")
+
+
+def is_built(source: str, name: str, ir_hash: str) -> bool:
+    return _built_stamp(cache_root() / "sources" / (cache_key(ir_hash, name, source) + ".py")).exists()
 
 
 def _warm(args) -> tuple:
@@ -148,6 +159,7 @@ def compile_all(sources: dict[str, str], ir_hash: str, workers: int | None = Non
     """Compile a set of kernels (in parallel when there is more than one), then load them here."""
     if workers is None:
         workers = min(len(sources), os.cpu_count() or 1)
-    if workers > 1 and len(sources) > 1:
-        compile_many({(name,): src for name, src in sources.items()}, workers, ir_hash)
+    missing = {name: src for name, src in sources.items() if not is_built(src, name, ir_hash)}
+    if workers > 1 and len(missing) > 1:  # a process pool costs seconds: only for kernels still to compile
+        compile_many({(name,): src for name, src in missing.items()}, workers, ir_hash)
     return {name: compile_kernel(source, name, ir_hash) for name, source in sources.items()}

@@ -33,10 +33,12 @@ class Heads:
 
 
 @dataclasses.dataclass(frozen=True)
-class InverseConfig:
-    """The gate-free inverse A = (I + StrictLower(diag(β) K Kᵀ))⁻¹ per chunk and value head.
+class PrepareConfig:
+    """Per chunk and value head: the gate-free inverse A = (I + StrictLower(diag(β) K Kᵀ))⁻¹ and
+    the cumulative log2 gate.
 
-    threads: CUDA threads per CTA (K Kᵀ on one warpgroup's wgmma; the substitution on C lanes).
+    threads: CUDA threads per CTA (K Kᵀ on one warpgroup's wgmma; one thread per column of A in the
+             substitution, one per row in the cumsum)
     """
 
     chunk: int = 64
@@ -44,41 +46,55 @@ class InverseConfig:
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
-            raise ValueError(f"InverseConfig.chunk must be 64 (the wgmma tile), got {self.chunk}")
-        if self.threads not in (128, 256):
-            raise ValueError(f"InverseConfig.threads must be 128 or 256, got {self.threads}")
+            raise ValueError(f"PrepareConfig.chunk must be 64 (the wgmma tile), got {self.chunk}")
+        if self.threads != 2 * self.chunk:
+            raise ValueError(f"PrepareConfig.threads must be 2 × chunk = {2 * self.chunk}, got {self.threads}")
         if heads.k_dim % 64:
-            raise ValueError(f"the inverse kernel needs K a multiple of 64, got K={heads.k_dim}")
+            raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
+
+
+# setmaxnreg budgets (state, prepare, output, loader) that fit 4 warpgroups in the 64K-register file
+DEFAULT_REGISTERS = {32: (160, 184, 128, 40), 64: (184, 160, 128, 40)}
+REGISTER_FILE = 65536
+LAUNCH_REGISTERS = REGISTER_FILE // 512  # what ptxas gives each thread of a 512-thread CTA
 
 
 @dataclasses.dataclass(frozen=True)
 class ForwardConfig:
-    """The fused forward kernel: one CTA per (value block, value head, sequence), serial over chunks.
+    """The fused forward kernel: one CTA per (value block, value head, sequence), serial over chunks,
+    four warpgroups (state, prepare, output, loader) of 128 threads.
 
-    block_v:    V columns per CTA (V is split across CTAs when there are few (sequence, head) pairs)
-    threads:    consumer threads per CTA (TileLang adds a TMA producer warpgroup when it warp-
-                specialises the pipelined loads)
-    num_stages: shared-memory buffers for the pipelined loads of q, k, v and A
+    block_v:   V columns per CTA (V is split across CTAs when there are few (sequence, head) pairs);
+               32 or 64: at 128 the state warpgroup would hold S and K Ŝ (192 fp32 per thread) in the
+               128 registers per thread that ptxas allots a 512-thread CTA, and spills
+    registers: per-thread register budget of each role (state, prepare, output, loader), set with
+               setmaxnreg; None takes DEFAULT_REGISTERS[block_v]
     """
 
     chunk: int = 64
     block_v: int = 64
-    threads: int = 256
-    num_stages: int = 2
-    fast_math: bool = True
+    registers: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self):
+        if self.registers is None and self.block_v in DEFAULT_REGISTERS:
+            object.__setattr__(self, "registers", DEFAULT_REGISTERS[self.block_v])
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
             raise ValueError(f"ForwardConfig.chunk must be 64, got {self.chunk}")
-        if self.block_v not in (32, 64, 128) or heads.v_dim % self.block_v:
-            raise ValueError(f"ForwardConfig.block_v must be 32, 64 or 128 and divide V={heads.v_dim}, "
-                             f"got {self.block_v}")
-        if self.threads not in (128, 256):
-            raise ValueError(f"ForwardConfig.threads must be 128 or 256, got {self.threads}")
-        if self.num_stages not in (1, 2, 3):
-            raise ValueError(f"ForwardConfig.num_stages must be 1, 2 or 3, got {self.num_stages}")
-        if heads.k_dim % 64:
-            raise ValueError(f"the forward kernel needs K a multiple of 64, got K={heads.k_dim}")
+        if self.block_v not in DEFAULT_REGISTERS or heads.v_dim % self.block_v:
+            raise ValueError(f"ForwardConfig.block_v must be one of {tuple(DEFAULT_REGISTERS)} and divide "
+                             f"V={heads.v_dim}, got {self.block_v}")
+        regs = self.registers
+        if len(regs) != 4 or any(r % 8 or not 24 <= r <= 256 for r in regs) or 128 * sum(regs) > REGISTER_FILE:
+            raise ValueError(f"ForwardConfig.registers must be 4 multiples of 8 in [24, 256] summing to at most "
+                             f"{REGISTER_FILE // 128} (the register file over 4 warpgroups), got {regs}")
+        if min(regs[:3]) < LAUNCH_REGISTERS or regs[3] > LAUNCH_REGISTERS:
+            # setmaxnreg.inc below (or .dec above) the launch count is an illegal instruction
+            raise ValueError(f"ForwardConfig.registers: the three consumer budgets must be at least and the loader's "
+                             f"at most {LAUNCH_REGISTERS} (the launch count), got {regs}")
+        if heads.k_dim != 128:
+            raise ValueError(f"the forward kernel is written for K = 128, got K={heads.k_dim}")
 
 
 def describe(config) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jinja2
 
 import gdnc
-from gdnc.emit.config import ForwardConfig, Heads, InverseConfig, describe
+from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig, describe
 from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
 from gdnc.ir.recurrence import Recurrence
 from gdnc.ir.symbols import sstr
@@ -20,8 +20,8 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("gdnc", "templates"), unde
                           keep_trailing_newline=True)
 
 KERNELS = {
-    "gdn_inverse": "the gate-free inverse of each chunk (K Kᵀ, then forward substitution)",
-    "gdn_forward": "the fused, pipelined forward over chunks with the state in registers",
+    "gdn_prepare": "per chunk, the gate-free inverse (K Kᵀ, then forward substitution) and the log2 gate cumsum",
+    "gdn_forward": "the fused, warp-specialised forward over chunks with the state in registers",
 }
 
 
@@ -46,20 +46,22 @@ def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
         problems.append("expected one shared decay mask and exp2 everywhere")
     if "scale_cols" not in kinds or any(op.role in ("w", "u") for op in fwd.ops):
         problems.append("expected w and u eliminated with β on the C×C matrix")
+    if {"X_chain", "M_out"} - {op.role for op in fwd.ops} or any(op.role == "v_new" for op in fwd.ops):
+        problems.append("expected the chain reassociated (X̃ᵀ W and (P_g A_β) W, no v_new)")
     if problems:
         raise UnsupportedRecurrence(f"{form.recurrence.name}: the rewritten forward program does not match "
                                     f"the gdn templates: {'; '.join(problems)}")
 
 
 def render(rec: Recurrence, heads: Heads, forward: ForwardConfig = ForwardConfig(),
-           inverse: InverseConfig = InverseConfig()) -> dict[str, str]:
+           prepare: PrepareConfig = PrepareConfig()) -> dict[str, str]:
     """{kernel name: TileLang Python source} for the recurrence's forward."""
     form = classify(rec)
     compiled = compile_programs(rec)
     check_gdn_shape(form, compiled)
     forward.check(heads)
-    inverse.check(heads)
-    programs = {"gdn_inverse": ("forward (the inverse's part)", inverse),
+    prepare.check(heads)
+    programs = {"gdn_prepare": ("forward (the inverse's and the gate's part)", prepare),
                 "gdn_forward": ("forward", forward)}
     sources = {}
     for kernel, (program_name, config) in programs.items():
