@@ -141,8 +141,11 @@ def _published_section(results: dict) -> list[str]:
     return lines
 
 
-def _cold_start_table(results: dict) -> list[str]:
-    """First call (compilation and autotuning included) per provider and head configuration."""
+def _first_call_section(results: dict) -> list[str]:
+    """First call per provider and head configuration in the timing process: compilation and
+    autotuning included without a warm-up, loading from the caches after one."""
+    how = ("after the warm-up: kernels from the caches, unless a warm-up unit failed"
+           if results.get("warmup") else "compilation and autotuning included")
     first, total = {}, {}
     for shape in results["shapes"]:
         for name, entry in shape["results"].items():
@@ -151,12 +154,54 @@ def _cold_start_table(results: dict) -> list[str]:
             key = (name, _heads(shape))
             first.setdefault(key, (shape["mix"], entry["first_call_s"]))
             total[key] = total.get(key, 0.0) + entry["first_call_s"]
-    lines = ["| provider | h_qk/h_v | first call, first shape (s) | first calls, all its shapes (s) |",
+    lines = [f"## First calls in the timing process ({how})", "",
+             "| provider | h_qk/h_v | first call, first shape (s) | first calls, all its shapes (s) |",
              "|---|---|---|---|"]
     for (name, heads), (mix, seconds) in first.items():
         lines.append(f"| {name} | {heads} | {seconds:.1f} ({mix.replace('x', '×')}) | "
                      f"{total[(name, heads)]:.1f} |")
-    return lines
+    return lines + [""]
+
+
+def _cold_start_section(results: dict) -> list[str]:
+    """Time to the first result for a new head configuration, each provider alone and cold."""
+    cold = results.get("cold_start")
+    if not cold:
+        return []
+    lines = ["## Cold start: time to the first result for a new head configuration", "",
+             (f"{_heads(cold)}, {_tokens(cold)} tokens. Each provider in a fresh process with empty "
+              f"TileLang, Triton, gdnc and CUDA caches; seconds from the start of the process, so "
+              f"imports and compilation count; beside {cold['beside_warm_workers']} warm-up "
+              f"workers (they share the CPU)."), "",
+             "| provider | imports (s) | first call (s) | first result (s) |", "|---|---|---|---|"]
+    for name, result in cold["results"].items():
+        if "error" in result:
+            lines.append(f"| {name} | error: {result['error']} | – | – |")
+        else:
+            lines.append(f"| {name} | {result['import_s']:.1f} | {result['first_call_s']:.1f} | "
+                         f"{result['total_s']:.1f} |")
+    return lines + [""]
+
+
+def _warmup_section(results: dict) -> list[str]:
+    """What the warm-up workers compiled, per provider and head configuration."""
+    warmup = results.get("warmup")
+    if not warmup:
+        return []
+    lines = ["## Warm-up (compilation before timing)", "",
+             (f"{warmup['workers']} worker processes, {warmup['wall_s']:.0f} s; each unit called one "
+              f"provider once per token mix of one head configuration, compiling into the on-disk "
+              f"caches the timing process read (worker main: the timing process itself). Triton "
+              f"autotuning in the workers: {'; '.join(warmup['autotune']) or 'none'}."),
+             "", "| provider | h_qk/h_v | token mixes | seconds | worker | errors |",
+             "|---|---|---|---|---|---|"]
+    for unit in warmup["units"]:
+        errors = f"{len(unit['errors'])}, first: {unit['errors'][0]}" if unit["errors"] else "–"
+        lines.append(f"| {unit['provider']} | {_heads(unit)} | {unit['mixes']} | "
+                     f"{unit['seconds']:.1f} | {unit['worker']} | {errors} |")
+    if warmup["failures"]:
+        lines += ["", *(f"- {failure}" for failure in warmup["failures"])]
+    return lines + [""]
 
 
 def _correctness_table(results: dict) -> list[str]:
@@ -201,7 +246,9 @@ def markdown(results: dict) -> str:
         *_latency_table(results), "",
         "## Geometric means", "", *_summary_table(results), "",
         *_published_section(results),
-        "## Cold start (compilation included)", "", *_cold_start_table(results), "",
+        *_cold_start_section(results),
+        *_first_call_section(results),
+        *_warmup_section(results),
         f"## Correctness (relative L2 error; (!) above {ERROR_LIMIT:g})", "",
         *_correctness_table(results), "",
         "## Providers", "",

@@ -1,9 +1,11 @@
 """`gdnc bench`: gdnc and its peers on the forward shapes, side by side, checked and timed.
 
-One process, the same fresh random inputs for every provider, warm-up (compilation) before
-timing, CUDA-graph replays, two repeats; every pair of providers cross-checked, and the 1×4096
-shapes against the float64 reference. Writes results.json after every shape, then results.md
-and latency.png.
+One process times, with the same fresh random inputs for every provider, CUDA-graph replays, two
+repeats; every pair of providers cross-checked, and the 1×4096 shapes against the float64
+reference. Before it, worker processes compile every provider's kernels for the selected shapes
+into the shared on-disk caches (warm.py), and fresh processes with empty caches time the first
+result for one head configuration (cold.py). Writes results.json after every shape, then
+results.md and latency.png.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import peers, report, roofline
+from . import cold, peers, processes, report, roofline, warm
 from . import shapes as shape_table
 from .timing import measure_copy_bandwidth, measure_gemm_rate, time_calls
 
@@ -43,8 +45,34 @@ def _parse(argv) -> argparse.Namespace:
                         help="skip the cross-checks and the float64 check")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip shapes that would likely end after this many seconds (keeps "
-                             "a device call inside its limit; skipped shapes are listed)")
+                             "a device call inside its limit; skipped shapes are listed); the "
+                             "warm-up and the cold start count, and are stopped at it")
+    parser.add_argument("--warm-workers", type=int, default=None, metavar="N",
+                        help="before timing, compile the peers' kernels for the selected shapes in "
+                             "N parallel processes, and gdnc's in this one (default: min(peers × "
+                             "head configurations, CPUs / 2), fewer if the GPU's memory is short; "
+                             "0: no warm-up)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="put TileLang's, Triton's and gdnc's on-disk caches under this folder "
+                             "(default: wherever their variables or defaults say)")
+    parser.add_argument("--cold-start", type=_heads, default=None, metavar="HQ/HV",
+                        help="head configuration of the cold-start measurement: gdnc's and "
+                             "FlashQLA's time to a first 1x4096 result in fresh processes with "
+                             "empty caches (default: the first selected head configuration)")
+    parser.add_argument("--no-cold-start", dest="cold", action="store_false",
+                        help="skip the cold-start measurement")
     return parser.parse_args(argv)
+
+
+def _heads(text: str) -> tuple[int, int]:
+    """'16/32' -> (16, 32), checked as a shape would check it."""
+    try:
+        h_qk, h_v = map(int, text.split("/"))
+        shape_table.Shape(h_qk, h_v, (1,))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected HQ/HV with HV a multiple of HQ, e.g. 16/32 "
+                                         f"({error})") from None
+    return h_qk, h_v
 
 
 def _gpu_slug(device_name: str) -> str:
@@ -164,17 +192,72 @@ def _progress_line(record: dict) -> str:
     return " | ".join(parts)
 
 
+def _use_caches(cache_dir: Path | None) -> None:
+    """Point the caches into --cache-dir, and keep Triton's autotune results on disk, before any
+    library is imported; the warm-up workers inherit both."""
+    if cache_dir is not None:
+        os.environ.update(processes.cache_env(cache_dir.resolve()))
+    # FLA asks Triton to keep its autotune results on disk already (FLA_CACHE_RESULTS, on by
+    # default); this extends it to every other Triton autotuner.
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+
+
+def _cache_settings() -> dict:
+    """The cache variables as the timing process sees them (gdnc points TILELANG_CACHE_DIR into
+    its own cache when it compiles, so FlashQLA's kernels are found there too)."""
+    return {name: os.environ.get(name) for name in
+            (*processes.CACHE_FOLDERS, "TRITON_CACHE_AUTOTUNING", "FLA_CACHE_RESULTS")}
+
+
+def _time_shapes(args, chosen, runnable, results, generator, started, out_dir: Path) -> None:
+    """Time every chosen shape that fits the budget; results.json is rewritten after each."""
+    # --budget-s skips a shape when it would likely end past the budget; shapes that open a new
+    # head configuration load (or compile) kernels, so they are estimated apart from the rest.
+    longest = {True: 0.0, False: 0.0}
+    seen_heads = set()
+    for shape in chosen:
+        opens = (shape.h_qk, shape.h_v) not in seen_heads
+        elapsed = time.monotonic() - started
+        if args.budget_s is not None and elapsed + longest[opens] > args.budget_s:
+            results["not_run_shapes"].append({"name": shape.name, "reason": (
+                f"--budget-s {args.budget_s:g}: {elapsed:.0f} s spent, ~{longest[opens]:.0f} s "
+                f"more expected")})
+            continue
+        seen_heads.add((shape.h_qk, shape.h_v))
+        record = _run_shape(shape, runnable, results["ceilings"], generator,
+                            args.check, results["device"]["l2_bytes"])
+        longest[opens] = max(longest[opens], time.monotonic() - started - elapsed)
+        results["shapes"].append(record)
+        report.write_json(results, out_dir)  # a run cut short still leaves its numbers
+        print(_progress_line(record), flush=True)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     chosen = shape_table.select(shape_table.forward_shapes(args.quick), args.shapes)
     started = time.monotonic()
+    deadline = None if args.budget_s is None else started + args.budget_s
     if not torch.cuda.is_available():
         raise SystemExit("gdnc bench needs a CUDA GPU")
-    providers = peers.load_providers()  # before anything else can import fla (see peers)
-    runnable = [p for p in providers if p.available]
-    if not runnable:
-        raise SystemExit("no provider can run here: "
-                         + "; ".join(f"{p.name}: {p.note}" for p in providers))
+    _use_caches(args.cache_dir)
+    cold_heads = args.cold_start or (chosen[0].h_qk, chosen[0].h_v)
+    cold_runs = cold.start(*cold_heads) if args.cold else []
+    try:
+        providers = peers.load_providers()  # before anything else can import fla (see peers)
+        runnable = [p for p in providers if p.available]
+        if not runnable:
+            raise SystemExit("no provider can run here: "
+                             + "; ".join(f"{p.name}: {p.note}" for p in providers))
+        for p in providers:
+            print(f"provider {p.name}: {p.note}", flush=True)
+        warmup = warm.warm_up(chosen, runnable, args.warm_workers, deadline,
+                              torch.cuda.get_device_properties(0).total_memory)
+        # the cold-start processes run kernels too: they end before anything is timed
+        beside = warmup["workers"] if warmup else 0
+        cold_start = cold.collect(cold_runs, *cold_heads, deadline, beside) if cold_runs else None
+    finally:
+        for run in cold_runs:
+            processes.stop(run["proc"])
     baseline = next((p.name for p in runnable if p.name in ("gdnc", "FlashQLA")), runnable[0].name)
 
     device = _device_info()
@@ -182,18 +265,16 @@ def main(argv=None) -> int:
     out_dir = args.out or Path("benchmarks/results") / f"{date}-{_gpu_slug(device['name'])}"
     seed = int.from_bytes(os.urandom(4), "little")  # fresh inputs every run, recorded
     generator = torch.Generator(device="cuda").manual_seed(seed)
-    for p in providers:
-        print(f"provider {p.name}: {p.note}", flush=True)
 
     results = {
         "schema": 1, "date": date, "device": device, "versions": _versions(),
         "settings": {"quick": args.quick, "check": args.check, "seed": seed,
-                     "shapes_filter": args.shapes, "tilelang_cache_dir":
-                     os.environ.get("TILELANG_CACHE_DIR"), "timing":
+                     "shapes_filter": args.shapes, "caches": _cache_settings(), "timing":
                      "CUDA-graph replays, median per repeat, 2 repeats, warm-up first"},
         "baseline": baseline,
         "providers": [{"name": p.name, "available": p.available, "note": p.note,
                        "version": p.version, "published": p.published} for p in providers],
+        "warmup": warmup, "cold_start": cold_start,
         "shapes": [], "not_run_shapes": [],
     }
     with torch.no_grad():
@@ -201,25 +282,7 @@ def main(argv=None) -> int:
         print(f"ceilings: copy {results['ceilings']['copy']['bytes_per_s'] / 1e12:.2f} TB/s, "
               f"bf16 GEMM {results['ceilings']['gemm']['flops_per_s'] / 1e12:.0f} TFLOP/s",
               flush=True)
-        # --budget-s skips a shape when it would likely end past the budget; shapes that open a
-        # new head configuration compile, so they are estimated apart from the rest.
-        longest = {True: 0.0, False: 0.0}
-        seen_heads = set()
-        for shape in chosen:
-            opens = (shape.h_qk, shape.h_v) not in seen_heads
-            elapsed = time.monotonic() - started
-            if args.budget_s is not None and elapsed + longest[opens] > args.budget_s:
-                results["not_run_shapes"].append({"name": shape.name, "reason": (
-                    f"--budget-s {args.budget_s:g}: {elapsed:.0f} s spent, ~{longest[opens]:.0f} s "
-                    f"more expected")})
-                continue
-            seen_heads.add((shape.h_qk, shape.h_v))
-            record = _run_shape(shape, runnable, results["ceilings"], generator,
-                                args.check, device["l2_bytes"])
-            longest[opens] = max(longest[opens], time.monotonic() - started - elapsed)
-            results["shapes"].append(record)
-            report.write_json(results, out_dir)  # a run cut short still leaves its numbers
-            print(_progress_line(record), flush=True)
+        _time_shapes(args, chosen, runnable, results, generator, started, out_dir)
 
     for path in report.write_all(results, out_dir):
         print(f"wrote {path}")
