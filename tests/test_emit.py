@@ -1,6 +1,7 @@
 """The emitter on CPU: templates render for every benchmark head configuration, lower for sm_90a,
 and nvcc builds them with wgmma, TMA, the expected launch size and no register spills."""
 import ast
+import re
 import shutil
 
 import pytest
@@ -79,3 +80,13 @@ def test_templates_go_by_the_math_not_the_name():
                              + beta * gdnc.k * gdnc.v.T)
     with pytest.raises(UnsupportedRecurrence, match="need the decay exp\\(g\\)"):
         render(other_gate, Heads(2, 8))
+
+
+def test_trace_points_only_in_the_trace_build():
+    plain = render(GDN, Heads(2, 8), ForwardConfig(block_v=32))["gdn_forward"]
+    traced = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, trace=True))["gdn_forward"]
+    assert "mark(" not in plain and "trace" not in plain.split('"""')[2]  # not even the parameter
+    ast.parse(traced)
+    sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d)\)", traced)
+    assert len(sites) == len(set(sites)) == 23  # every wait and GEMM of the four roles, once
+    assert 'trace: T.Tensor((4, traced_chunks, 8), "int64")' in traced

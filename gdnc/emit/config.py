@@ -69,11 +69,15 @@ class ForwardConfig:
                128 registers per thread that ptxas allots a 512-thread CTA, and spills
     registers: per-thread register budget of each role (state, prepare, output, loader), set with
                setmaxnreg; None takes DEFAULT_REGISTERS[block_v]
+    trace:     a profiling build: the kernel takes a trace [4, chunks, 8] int64 tensor and records
+               the SM clock as each role of the first CTA passes its waits and GEMMs
+               (benchmarks/trace_forward.py); the op never runs it
     """
 
     chunk: int = 64
     block_v: int = 64
     registers: tuple[int, int, int, int] | None = None
+    trace: bool = False
 
     def __post_init__(self):
         if self.registers is None and self.block_v in DEFAULT_REGISTERS:

@@ -1,0 +1,90 @@
+"""Where a chunk's time goes in the fused forward: the trace build of gdn_forward (ForwardConfig.trace)
+records the SM clock as each role of the first CTA passes its waits and GEMMs; this prints, per
+role, the median cycles between consecutive points and the median period per chunk.
+
+    python benchmarks/trace_forward.py --compile-only   # fill the kernel cache (CPU is enough)
+    python benchmarks/trace_forward.py [--out trace.json]   # on a Hopper GPU
+"""
+import argparse
+import json
+import sys
+
+import gdnc
+from gdnc.emit.build import compile_many
+from gdnc.emit.config import ForwardConfig, Heads
+from gdnc.ops import sources_for
+
+SHAPES = [(16, 32, 1, 8192, 32), (16, 32, 4, 8192, 64), (2, 8, 1, 8192, 32)]  # h_qk, h_v, seqs, tokens each, block_v
+# what each role has just done at each trace point (gdn_forward.py.jinja, mark(...))
+POINTS = {
+    "state": ["stage full", "Ŝ free", "Ŝ written", "K Ŝ", "W free", "W, X̃ ready", "S += X̃ᵀ W"],
+    "prepare": ["stage full", "Q Kᵀ", "gated C×C", "X̃ GEMM", "X̃ free", "M GEMM", "M free", "M stored"],
+    "output": ["stage full", "Ŝ ready", "Q Ŝ", "M, W ready", "M W", "O stored"],
+    "loader": ["stage free", "TMA issued"],
+}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--compile-only", action="store_true")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+    configs = {(hq, hv): ForwardConfig(block_v=bv, trace=True) for hq, hv, _, _, bv in SHAPES}
+    sources = {(hq, hv, bv, name): src for hq, hv, _, _, bv in SHAPES
+               for name, src in sources_for(Heads(hq, hv), ForwardConfig(block_v=bv, trace=True)).items()}
+    compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
+    if args.compile_only:
+        return 0
+
+    import torch
+    import torch.nn.functional as F
+
+    from gdnc.ops import chunk_index, kernels
+    from gdnc.reference.problem import check_arguments
+
+    clock_ghz = torch.cuda.get_device_properties(0).clock_rate / 1e6  # kHz -> GHz
+    report = {"device": torch.cuda.get_device_name(), "clock_ghz": clock_ghz, "shapes": []}
+    for hq, hv, n, t, bv in SHAPES:
+        T = n * t
+        q = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
+        k = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
+        v = torch.randn(1, T, hv, 128, device="cuda").bfloat16()
+        g = F.logsigmoid(torch.randn(1, T, hv, device="cuda"))
+        beta = torch.rand(1, T, hv, device="cuda")
+        cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
+        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
+                            inputs={"g": g, "beta": beta})
+        compiled = kernels(Heads(hq, hv), configs[(hq, hv)])
+        a_free = torch.empty(T, hv, 64, dtype=q.dtype, device="cuda")
+        l2 = torch.empty(T, hv, dtype=torch.float32, device="cuda")
+        k2, g2, b2 = k.reshape(T, hq, 128), g.reshape(T, hv).contiguous(), beta.reshape(T, hv).contiguous()
+        compiled["gdn_prepare"](k2, g2, b2, cu, chunk_index(cu, s, "cuda"), a_free, l2)
+        chunks = t // 64
+        trace = torch.zeros(4, chunks, 8, dtype=torch.int64, device="cuda")
+        o = torch.empty(T, hv, 128, dtype=q.dtype, device="cuda")
+        ht = torch.empty(n, hv, 128, 128, dtype=torch.float32, device="cuda")
+        h0 = torch.zeros(n, hv, 128, 128, dtype=torch.float32, device="cuda")
+        for _ in range(2):  # the second run is the one kept: caches and clocks warm
+            compiled["gdn_forward"](q.reshape(T, hq, 128), k2, v.reshape(T, hv, 128), l2, b2, a_free, cu, h0,
+                                    s.scale, o, ht, trace)
+        torch.cuda.synchronize()
+        stamps = trace.cpu()
+        steady = slice(chunks // 4, chunks)  # past the pipeline's fill
+        shape = {"shape": f"{hq}/{hv} {n}x{t}", "block_v": bv, "roles": {}}
+        for role, (name, points) in enumerate(POINTS.items()):
+            st = stamps[role, steady, :len(points)].double()
+            steps = (st[:, 1:] - st[:, :-1]).median(0).values.tolist()
+            period = (st[1:, 0] - st[:-1, 0]).median().item()
+            shape["roles"][name] = {"period_cycles": period, "steps_cycles": dict(zip(points[1:], steps))}
+            print(f"{shape['shape']} bv={bv} {name:8s} period {period:7.0f} cyc ({period / clock_ghz / 1e3:.2f} µs): "
+                  + ", ".join(f"{p} {c:.0f}" for p, c in zip(points[1:], steps)), flush=True)
+        report["shapes"].append(shape)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(report, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
