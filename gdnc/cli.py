@@ -28,7 +28,7 @@ def _cmd_check(args) -> int:
     from gdnc.check import check_references
 
     from gdnc.check import check_kernels
-    from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
+    from gdnc.emit.config import Heads
 
     ok = True
     heads = Heads(*map(int, args.heads.split("/")))

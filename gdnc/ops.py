@@ -1,10 +1,10 @@
 """gdnc.chunk_gated_delta_rule: FLA's GDN op on gdnc's generated Hopper kernels.
 
 The forward runs two generated kernels: gdn_prepare (per chunk, the gate-free inverse and the
-cumulative log2 gate), then the fused, warp-specialised forward over chunks. What the kernels do not cover falls back to the chunked reference, saying why once:
-no CUDA tensors (or not a Hopper GPU), dtypes other than bf16 and head sizes other than
-K = V = 128 (the only ones checked on the GPU yet), and —
-until gdnc generates the backward — calls that need gradients.
+cumulative log2 gate), then the fused, warp-specialised forward over chunks. What the kernels do
+not cover falls back to the chunked reference, saying why once: no CUDA tensors (or not a Hopper
+GPU), dtypes other than bf16 and head sizes other than K = V = 128 (the only ones checked on the
+GPU yet), and — until gdnc generates the backward — calls that need gradients.
 
 Varlen calls read cu_seqlens on the host once (a device sync) and copy the chunk layout of the
 prepare kernel to the device, which a CUDA graph cannot capture; fixed-length calls do neither.

@@ -135,6 +135,7 @@ def _built_stamp(source_path: Path) -> Path:
 
 
 def is_built(source: str, name: str, ir_hash: str) -> bool:
+    """Whether this rendered kernel was compiled into the cache already (loading it needs no pool)."""
     return _built_stamp(cache_root() / "sources" / (cache_key(ir_hash, name, source) + ".py")).exists()
 
 
