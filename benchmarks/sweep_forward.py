@@ -30,32 +30,26 @@ def main(argv=None):
         return 0
 
     import torch
-    import torch.nn.functional as F
 
+    from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
+    from gdnc.ops import kernels, output_allocator, prepare_args, run_kernels
     from gdnc.reference.compare import relative_error
     from gdnc.reference.problem import check_arguments
-    from gdnc.ops import chunk_index, kernels, run_kernels
 
     rows = []
+    generator = torch.Generator("cuda").manual_seed(0)
     for hq, hv, n, t in SHAPES:
-        T = n * t
-        q = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
-        k = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
-        v = torch.randn(1, T, hv, 128, device="cuda").bfloat16()
-        g = F.logsigmoid(torch.randn(1, T, hv, device="cuda"))
-        beta = torch.rand(1, T, hv, device="cuda")
         cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
+        inputs = make_inputs(Shape(hq, hv, (t,) * n), generator, cu_seqlens=cu)
+        q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
         s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
         ref, _ = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
         # the prepare kernel alone (the same for every forward config)
         prepare = kernels(Heads(hq, hv))["gdn_prepare"]
-        flat_k, flat_g, flat_b = k.reshape(T, hq, 128), g.reshape(T, hv).contiguous(), beta.reshape(T, hv).contiguous()
-        a_free = torch.empty(T, hv, 64, dtype=q.dtype, device="cuda")
-        l2 = torch.empty(T, hv, dtype=torch.float32, device="cuda")
-        index = chunk_index(cu, s, "cuda")
-        prep_ms = time_calls([lambda: prepare(flat_k, flat_g, flat_b, cu, index, a_free, l2)]).ms
+        prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=False))
+        prep_ms = time_calls([lambda: prepare(*prep)]).ms
         rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": "gdn_prepare alone", "ms": prep_ms})
         print(f"{hq}/{hv} {n}x{t} gdn_prepare alone: {prep_ms:.3f} ms", flush=True)
         for cfg in CONFIGS:

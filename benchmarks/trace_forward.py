@@ -38,36 +38,32 @@ def main(argv=None):
         return 0
 
     import torch
-    import torch.nn.functional as F
 
-    from gdnc.ops import chunk_index, kernels
+    from gdnc.bench.shapes import Shape, make_inputs
+    from gdnc.ops import kernels, output_allocator, prepare_args
     from gdnc.reference.problem import check_arguments
 
     clock_ghz = torch.cuda.get_device_properties(0).clock_rate / 1e6  # kHz -> GHz
     report = {"device": torch.cuda.get_device_name(), "clock_ghz": clock_ghz, "shapes": []}
+    generator = torch.Generator("cuda").manual_seed(0)
     for hq, hv, n, t, bv in SHAPES:
         T = n * t
-        q = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
-        k = F.normalize(torch.randn(1, T, hq, 128, device="cuda"), dim=-1).bfloat16()
-        v = torch.randn(1, T, hv, 128, device="cuda").bfloat16()
-        g = F.logsigmoid(torch.randn(1, T, hv, device="cuda"))
-        beta = torch.rand(1, T, hv, device="cuda")
         cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
+        inputs = make_inputs(Shape(hq, hv, (t,) * n), generator, cu_seqlens=cu)
+        q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
         s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
         compiled = kernels(Heads(hq, hv), configs[(hq, hv)])
-        a_free = torch.empty(T, hv, 64, dtype=q.dtype, device="cuda")
-        l2 = torch.empty(T, hv, dtype=torch.float32, device="cuda")
-        k2, g2, b2 = k.reshape(T, hq, 128), g.reshape(T, hv).contiguous(), beta.reshape(T, hv).contiguous()
-        compiled["gdn_prepare"](k2, g2, b2, cu, chunk_index(cu, s, "cuda"), a_free, l2)
+        prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=False))
+        compiled["gdn_prepare"](*prep)
         chunks = t // 64
         trace = torch.zeros(4, chunks, 8, dtype=torch.int64, device="cuda")
         o = torch.empty(T, hv, 128, dtype=q.dtype, device="cuda")
         ht = torch.empty(n, hv, 128, 128, dtype=torch.float32, device="cuda")
         h0 = torch.zeros(n, hv, 128, 128, dtype=torch.float32, device="cuda")
         for _ in range(2):  # the second run is the one kept: caches and clocks warm
-            compiled["gdn_forward"](q.reshape(T, hq, 128), k2, v.reshape(T, hv, 128), l2, b2, a_free, cu, h0,
-                                    s.scale, o, ht, trace)
+            compiled["gdn_forward"](q.reshape(T, hq, 128), prep.k, v.reshape(T, hv, 128), prep.l2_gate, prep.beta,
+                                    prep.a_free, cu, h0, s.scale, o, ht, trace)
         torch.cuda.synchronize()
         stamps = trace.cpu()
         steady = slice(chunks // 4, chunks)  # past the pipeline's fill

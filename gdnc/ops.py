@@ -15,6 +15,7 @@ import functools
 import math
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -113,6 +114,36 @@ def forward_config_for(heads: Heads, num_sequences: int, device) -> ForwardConfi
     return ForwardConfig(block_v=plan_block_v(num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim))
 
 
+class PrepareArgs(NamedTuple):
+    """gdn_prepare's arguments in its order: packed inputs, the chunk layout, its two outputs."""
+
+    k: torch.Tensor  # [B·T, H, K]
+    g: torch.Tensor  # [B·T, HV] fp32
+    beta: torch.Tensor  # [B·T, HV] fp32
+    cu_seqlens: torch.Tensor  # [N + 1] int32
+    chunk_index: torch.Tensor  # [chunks, 2] int32
+    a_free: torch.Tensor  # [B·T, HV, C], written by the kernel
+    l2_gate: torch.Tensor  # [B·T, HV] fp32, written by the kernel
+
+
+def output_allocator(device, poison: bool):
+    """``empty(*shape, dt=dtype)`` for kernel outputs; NaN-filled when ``poison`` (tests: an element the
+    kernel does not write must show)."""
+    if poison:
+        return lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt, device=device)
+    return lambda *shape, dt: torch.empty(shape, dtype=dt, device=device)
+
+
+def prepare_args(k, g, beta, s, cu_seqlens, empty) -> PrepareArgs:
+    """gdn_prepare's arguments for a checked call ``s``: k, g, beta packed to B·T rows, the chunk
+    layout of ``cu_seqlens`` (int32 offsets), and output buffers from ``empty``."""
+    tokens = s.B * s.T
+    return PrepareArgs(k.reshape(tokens, s.H, s.K).contiguous(), g.reshape(tokens, s.HV).float().contiguous(),
+                       beta.reshape(tokens, s.HV).float().contiguous(), cu_seqlens,
+                       chunk_index(cu_seqlens, s, cu_seqlens.device), empty(tokens, s.HV, CHUNK, dt=k.dtype),
+                       empty(tokens, s.HV, dt=torch.float32))
+
+
 def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens,
                 forward: ForwardConfig | None = None):
     """The kernel path of chunk_gated_delta_rule for a checked call ``s`` (check_arguments)."""
@@ -125,19 +156,13 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
         cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
     else:
         cu = cu_seqlens.to(torch.int32)
-    flat = dict(q=q.reshape(tokens, s.H, s.K), k=k.reshape(tokens, s.H, s.K), v=v.reshape(tokens, s.HV, s.V),
-                g=g.reshape(tokens, s.HV).float(), beta=beta.reshape(tokens, s.HV).float())
-    flat = {name: x.contiguous() for name, x in flat.items()}
-    poison = os.environ.get("GDNC_POISON_OUTPUTS") == "1"  # tests: every output element must be written
-    empty = (lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt, device=device)) if poison else \
-        (lambda *shape, dt: torch.empty(shape, dtype=dt, device=device))
-    a_free = empty(tokens, s.HV, CHUNK, dt=dtype)
-    l2_gate = empty(tokens, s.HV, dt=torch.float32)
-    compiled["gdn_prepare"](flat["k"], flat["g"], flat["beta"], cu, chunk_index(cu, s, device), a_free, l2_gate)
+    empty = output_allocator(device, os.environ.get("GDNC_POISON_OUTPUTS") == "1")
+    prep = prepare_args(k, g, beta, s, cu, empty)
+    compiled["gdn_prepare"](*prep)
     h0 = initial_state.float().contiguous() if initial_state is not None else \
         torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
     o = empty(tokens, s.HV, s.V, dt=dtype)
     final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
-    compiled["gdn_forward"](flat["q"], flat["k"], flat["v"], l2_gate, flat["beta"], a_free, cu, h0, s.scale,
-                            o, final_state)
+    compiled["gdn_forward"](q.reshape(tokens, s.H, s.K).contiguous(), prep.k, v.reshape(tokens, s.HV, s.V).contiguous(),
+                            prep.l2_gate, prep.beta, prep.a_free, cu, h0, s.scale, o, final_state)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)
