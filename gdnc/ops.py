@@ -6,8 +6,8 @@ not cover falls back to the chunked reference, saying why once: no CUDA tensors 
 GPU), dtypes other than bf16 and head sizes other than K = V = 128 (the only ones checked on the
 GPU yet), and — until gdnc generates the backward — calls that need gradients.
 
-Varlen calls read cu_seqlens on the host once (a device sync) and copy the chunk layout of the
-prepare kernel to the device, which a CUDA graph cannot capture; fixed-length calls do neither.
+Varlen calls read cu_seqlens on the host once, to check it (a device sync); the kernels' chunk
+layout is computed on the device.
 """
 from __future__ import annotations
 
@@ -96,16 +96,19 @@ def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, prepare: Pre
     return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
 
-def chunk_index(cu: torch.Tensor, s, device) -> torch.Tensor:
-    """[num_chunks, 2] int32: (sequence, chunk within the sequence) for every chunk. Built on the host
-    from the checked offsets: a host-to-device copy, which a CUDA graph cannot capture."""
-    if s.seqlens is None:
-        per_seq = math.ceil(s.T / CHUNK)
-        idx = torch.arange(s.B * per_seq, device=device, dtype=torch.int32)
-        return torch.stack([idx // per_seq, idx % per_seq], 1)
-    rows = [(n, c) for n, (a, b) in enumerate(zip(s.seqlens[:-1], s.seqlens[1:]))
-            for c in range(math.ceil((b - a) / CHUNK))]
-    return torch.tensor(rows, dtype=torch.int32, device=device)
+def chunk_index(cu: torch.Tensor, tokens: int) -> torch.Tensor:
+    """[slots, 2] int32 (sequence, chunk within it) for every chunk of the packed sequences ``cu``
+    [N + 1], computed on the device (no host sync, so the call can be captured in a CUDA graph).
+
+    The number of chunks depends on the lengths, so there are tokens // C + N slots, an upper bound;
+    the slots past the last chunk point past the last sequence's end, where gdn_prepare reads
+    nothing unguarded and writes nothing."""
+    lengths = cu[1:] - cu[:-1]
+    per_seq = (lengths + CHUNK - 1) // CHUNK
+    first = torch.cumsum(per_seq, 0) - per_seq
+    slots = torch.arange(tokens // CHUNK + cu.numel() - 1, device=cu.device, dtype=first.dtype)
+    seq = torch.searchsorted(first, slots, right=True) - 1
+    return torch.stack([seq, slots - first[seq]], 1).to(torch.int32)
 
 
 def forward_config_for(heads: Heads, num_sequences: int, device) -> ForwardConfig:
@@ -140,7 +143,7 @@ def prepare_args(k, g, beta, s, cu_seqlens, empty) -> PrepareArgs:
     tokens = s.B * s.T
     return PrepareArgs(k.reshape(tokens, s.H, s.K).contiguous(), g.reshape(tokens, s.HV).float().contiguous(),
                        beta.reshape(tokens, s.HV).float().contiguous(), cu_seqlens,
-                       chunk_index(cu_seqlens, s, cu_seqlens.device), empty(tokens, s.HV, CHUNK, dt=k.dtype),
+                       chunk_index(cu_seqlens, tokens), empty(tokens, s.HV, CHUNK, dt=k.dtype),
                        empty(tokens, s.HV, dt=torch.float32))
 
 

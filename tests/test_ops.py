@@ -52,3 +52,19 @@ def test_bad_arguments_name_themselves():
         gdnc.chunk_gated_delta_rule(q, k, v, g, beta[..., :2])
     with pytest.raises(TypeError, match="g must be a torch.Tensor"):
         gdnc.chunk_gated_delta_rule(q, k, v, None, beta)
+
+
+def test_chunk_index_on_the_device_matches_the_sequences():
+    """gdn_prepare's chunk layout, built without reading cu_seqlens on the host: every real chunk
+    in order, then padding slots that point past the last sequence's end."""
+    import math
+
+    from gdnc.ops import chunk_index
+
+    for lengths in ([1], [64], [65, 1, 63], [1000, 1, 2000, 64, 130], [128, 129, 127]):
+        cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+        index = [tuple(row) for row in chunk_index(cu, sum(lengths)).tolist()]
+        chunks = [(n, c) for n, length in enumerate(lengths) for c in range(math.ceil(length / 64))]
+        assert index[:len(chunks)] == chunks
+        assert len(index) == sum(lengths) // 64 + len(lengths)
+        assert all(cu[n] + 64 * c >= cu[n + 1] for n, c in index[len(chunks):])
