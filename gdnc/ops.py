@@ -12,7 +12,6 @@ layout is computed on the device.
 from __future__ import annotations
 
 import functools
-import math
 import os
 import warnings
 from typing import NamedTuple
