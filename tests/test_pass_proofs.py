@@ -75,3 +75,16 @@ def test_reassociate_chain_identity():
     assert sp.expand(d_r.T * (a * w) - (a.T * d_r).T * w) == sp.zeros(K, V)
     assert sp.expand((a.T * d_r) - (r * a).T * D) == sp.zeros(C, K)
     assert sp.expand(p * (a * w) - (p * a) * w) == sp.zeros(C, V)
+
+
+def test_gate_after_product_identity():
+    """R8: with A unit lower triangular, G the inclusive decay mask of l and r_i = exp(l_L − l_i),
+    (G ⊙ A β)ᵀ diag(r) K = diag(β r) Aᵀ K and (P ⊙ G)(G ⊙ A) β = G ⊙ (tril(P) A) β."""
+    a = (sp.eye(C) + strict_lower(sym_matrix("m", C, C))).inv()  # any unit lower-triangular inverse
+    p = sym_matrix("p", C, C)
+    g = decay_mask(l)
+    r = sp.diag(*[sp.exp(l[-1] - li) for li in l])
+    a_beta = g.multiply_elementwise(a) * beta
+    tril = sp.Matrix(C, C, lambda i, j: p[i, j] if i >= j else 0)
+    assert sp.simplify(a_beta.T * (r * D) - beta * r * a.T * D) == sp.zeros(C, K)
+    assert sp.simplify(p.multiply_elementwise(g) * a_beta - g.multiply_elementwise(tril * a) * beta) == sp.zeros(C, C)

@@ -13,6 +13,7 @@ from gdnc.passes import compile_programs
 from gdnc.passes.cleanup import dce
 from gdnc.passes.eliminate_wu import eliminate_wu
 from gdnc.passes.fuse_forward import fuse_forward
+from gdnc.passes.gate_after_product import gate_after_product
 from gdnc.passes.hoist_gates import hoist_gates
 from gdnc.passes.merge_gate_gradients import merge_gate_gradients
 from gdnc.passes.reassociate_chain import reassociate_chain
@@ -168,6 +169,22 @@ def test_reassociate_chain_before_after_and_refusals():
     assert "run eliminate_wu first" in reassociate_chain(hoist_gates(_gdn_forward())).log[-1]
     identity = dce(build_forward(classify(gdnc.get_variant("simple_gla"))))
     assert "skipped" in reassociate_chain(identity).log[-1]
+
+
+def test_gate_after_product_before_after_and_refusals():
+    before = share_decay_mask(reassociate_chain(fuse_forward(eliminate_wu(hoist_gates(_gdn_forward())))))
+    after = dce(gate_after_product(before))
+    producer = after.producer()
+    x, m = producer[after.value_of("X_chain")], producer[after.value_of("M_out")]
+    assert x.kind == "scale_rows" and producer[x.args[0]].kind == "gemm"  # diag(β r) (Aᵀ K)
+    assert m.kind == "mul" and producer[m.args[0]].kind == "decay_mask"  # G ⊙ (tril(P) A) diag(β)
+    gated = {op.out for op in after.ops
+             if op.kind == "mul" and any(producer.get(a) and producer[a].kind == "decay_mask" for a in op.args)}
+    assert gated == {m.out}  # no operand of a GEMM is gated any more
+    assert cost(after).tc_macs == cost(dce(before)).tc_macs  # (its values: test_programs_equal_references_at_every_stage)
+    assert "run reassociate_chain first" in gate_after_product(_gdn_forward()).log[-1]
+    unshared = reassociate_chain(fuse_forward(eliminate_wu(hoist_gates(_gdn_forward()))))
+    assert "one shared inclusive decay mask" in gate_after_product(unshared).log[-1]
 
 
 def test_share_decay_mask_before_after():

@@ -48,6 +48,10 @@ def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
         problems.append("expected w and u eliminated with β on the C×C matrix")
     if {"X_chain", "M_out"} - {op.role for op in fwd.ops} or any(op.role == "v_new" for op in fwd.ops):
         problems.append("expected the chain reassociated (X̃ᵀ W and (P_g A_β) W, no v_new)")
+    producer, x_chain, m_out = fwd.producer(), fwd.value_of("X_chain"), fwd.value_of("M_out")
+    if x_chain and m_out and (producer[x_chain].kind != "scale_rows" or producer[m_out].kind != "mul"):
+        problems.append("expected the gates after the products (gate_after_product: X̃ = diag(β r) Aᵀ K, "
+                        "M = G ⊙ (tril(P) A) diag(β))")
     if problems:
         raise UnsupportedRecurrence(f"{form.recurrence.name}: the rewritten forward program does not match "
                                     f"the gdn templates: {'; '.join(problems)}")

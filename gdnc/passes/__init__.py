@@ -11,6 +11,7 @@ from gdnc.ir.recurrence import Recurrence
 from gdnc.passes.cleanup import cse, dce
 from gdnc.passes.eliminate_wu import eliminate_wu
 from gdnc.passes.fuse_forward import fuse_forward
+from gdnc.passes.gate_after_product import gate_after_product
 from gdnc.passes.hoist_gates import hoist_gates
 from gdnc.passes.merge_gate_gradients import merge_gate_gradients
 from gdnc.passes.reassociate_chain import reassociate_chain
@@ -20,7 +21,7 @@ from gdnc.passes.use_exp2 import use_exp2
 
 # Rewrites of the forward structure; the backward is differentiated after them.
 STRUCTURE = (hoist_gates, eliminate_wu, fuse_forward)
-FORWARD = STRUCTURE + (reassociate_chain, share_decay_mask, use_exp2, cse, dce)
+FORWARD = STRUCTURE + (reassociate_chain, share_decay_mask, gate_after_product, use_exp2, cse, dce)
 STATE = STRUCTURE + (split_state_xy, use_exp2, cse, dce)
 BACKWARD = (share_decay_mask, merge_gate_gradients, use_exp2, cse, dce)
 
