@@ -17,9 +17,9 @@ from gdnc.ops import sources_for
 SHAPES = [(16, 32, 1, 8192, 32), (16, 32, 4, 8192, 64), (2, 8, 1, 8192, 32)]  # h_qk, h_v, seqs, tokens each, block_v
 # what each role has just done at each trace point (gdn_forward.py.jinja, mark(...))
 POINTS = {
-    "state": ["stage full", "Ŝ free", "Ŝ written", "K Ŝ", "W free", "W, X̃ ready", "S += X̃ᵀ W"],
-    "prepare": ["stage full", "Q Kᵀ", "gated C×C", "X̃ GEMM", "X̃ free", "M GEMM", "M free", "M stored"],
-    "output": ["stage full", "Ŝ ready", "Q Ŝ", "M, W ready", "M W", "O stored"],
+    "state": ["stage full", "Ŝ free", "Ŝ written", "K Ŝ", "W formed, W free", "W, X̃ ready", "S += X̃ᵀ W"],
+    "prepare": ["stage full", "X̃ GEMM", "X̃ free", "Q Kᵀ masked, P free", "P stored"],
+    "output": ["stage full", "Ŝ ready", "Q Ŝ", "P ready", "M formed, W ready", "M W", "O stored"],
     "loader": ["stage free", "TMA issued"],
 }
 

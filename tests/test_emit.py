@@ -1,8 +1,10 @@
 """The emitter on CPU: templates render for every benchmark head configuration, lower for sm_90a,
 and nvcc builds them with wgmma, TMA, the expected launch size and no register spills."""
 import ast
+import importlib.util
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +13,8 @@ from gdnc.emit.build import lower_cuda, nvcc_report
 from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.classify import UnsupportedRecurrence
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 GDN = gdnc.get_variant("gdn")
@@ -68,6 +72,8 @@ def test_config_checks():
         Heads(4, 6)
     with pytest.raises(ValueError, match="dtype must be one of"):
         Heads(2, 4, dtype="float32")
+    with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 \(5 or more spill\), got 5"):
+        PrepareConfig(ctas_per_sm=5).check(Heads(2, 4))
 
 
 def test_templates_go_by_the_math_not_the_name():
@@ -88,5 +94,11 @@ def test_trace_points_only_in_the_trace_build():
     assert "mark(" not in plain and "trace" not in plain.split('"""')[2]  # not even the parameter
     ast.parse(traced)
     sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d)\)", traced)
-    assert len(sites) == len(set(sites)) == 23  # every wait and GEMM of the four roles, once
+    assert len(sites) == len(set(sites))  # each point once
+    # the points are numbered 0.. per role and named, one name each, by the script that reads them
+    spec = importlib.util.spec_from_file_location("trace_forward", ROOT / "benchmarks" / "trace_forward.py")
+    trace_forward = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(trace_forward)
+    for role, names in trace_forward.POINTS.items():
+        assert sorted(int(e) for r, e in sites if r == role.upper()) == list(range(len(names))), role
     assert 'trace: T.Tensor((4, traced_chunks, 8), "int64")' in traced

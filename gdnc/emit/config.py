@@ -39,10 +39,13 @@ class PrepareConfig:
 
     threads: CUDA threads per CTA (K Kᵀ on one warpgroup's wgmma; one thread per column of A in the
              substitution, one per row in the cumsum)
+    ctas_per_sm: CTAs the register budget must let share an SM (__launch_bounds__'s minimum): the
+             substitution is one warp per scheduler per CTA, latency-bound, so occupancy is its speed
     """
 
     chunk: int = 64
     threads: int = 128
+    ctas_per_sm: int = 4
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
@@ -51,10 +54,13 @@ class PrepareConfig:
             raise ValueError(f"PrepareConfig.threads must be 2 × chunk = {2 * self.chunk}, got {self.threads}")
         if heads.k_dim % 64:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
+        if not 1 <= self.ctas_per_sm <= 4:
+            # 5 CTAs leave 96 registers a thread, and the substitution's column of A spills (nvcc 13.0)
+            raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..4 (5 or more spill), got {self.ctas_per_sm}")
 
 
 # setmaxnreg budgets (state, prepare, output, loader) that fit 4 warpgroups in the 64K-register file
-DEFAULT_REGISTERS = {32: (160, 184, 128, 40), 64: (184, 160, 128, 40)}
+DEFAULT_REGISTERS = {32: (160, 152, 160, 40), 64: (184, 152, 136, 40)}
 REGISTER_FILE = 65536
 LAUNCH_REGISTERS = REGISTER_FILE // 512  # what ptxas gives each thread of a 512-thread CTA
 
