@@ -30,9 +30,10 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    configs = {(hq, hv): ForwardConfig(block_v=bv, trace=True) for hq, hv, _, _, bv in SHAPES}
-    sources = {(hq, hv, bv, name): src for hq, hv, _, _, bv in SHAPES
-               for name, src in sources_for(Heads(hq, hv), ForwardConfig(block_v=bv, trace=True)).items()}
+    # keyed by heads and width: two shapes of one head configuration may trace different widths
+    configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True) for hq, hv, _, _, bv in SHAPES}
+    sources = {key + (name,): src for key, cfg in configs.items()
+               for name, src in sources_for(Heads(*key[:2]), cfg).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
     if args.compile_only:
         return 0
@@ -53,7 +54,7 @@ def main(argv=None):
         q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
         s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
-        compiled = kernels(Heads(hq, hv), configs[(hq, hv)])
+        compiled = kernels(Heads(hq, hv), configs[(hq, hv, bv)])
         prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=False))
         compiled["gdn_prepare"](*prep)
         chunks = t // 64
