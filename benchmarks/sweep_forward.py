@@ -1,19 +1,30 @@
-"""Time gdnc's forward kernels over a few configs (a tuning probe, not the peer benchmark).
+"""Time gdnc's forward over a few plans per shape (a tuning probe, not the peer benchmark): the
+default plan (gdnc.plan), unsplit at both V blocks, and split at several segment lengths.
 
     python benchmarks/sweep_forward.py --compile-only   # fill the kernel cache (CPU is enough)
-    python benchmarks/sweep_forward.py                  # on the GPU: error and CUDA-graph time per config
+    python benchmarks/sweep_forward.py [--out F]        # on the GPU: CUDA-graph time and error per plan
 """
 import argparse
 import json
+import math
 import sys
 
 import gdnc
 from gdnc.emit.build import compile_many
-from gdnc.emit.config import ForwardConfig, Heads
+from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
 from gdnc.ops import sources_for
+from gdnc.plan import ForwardPlan
 
-CONFIGS = [ForwardConfig(block_v=64), ForwardConfig(block_v=32)]
-SHAPES = [(16, 32, 1, 8192), (16, 32, 4, 8192), (2, 8, 1, 8192), (16, 64, 8, 4096)]  # h_qk, h_v, sequences, tokens each
+# h_qk, h_v, sequence lengths
+SHAPES = [(2, 8, (4096,)), (2, 8, (32768,)), (2, 8, (28672, 4096)), (2, 8, (8192,) * 4), (4, 16, (32768,)),
+          (16, 32, (32768,)), (16, 32, (28672, 4096)), (16, 32, (8192,) * 4), (16, 16, (32768,)),
+          (16, 64, (32768,))]
+SEGMENT_LENS = (1024, 2048, 4096, 8192)
+
+
+def plans(tokens: int):
+    yield from (ForwardPlan(bv) for bv in DEFAULT_REGISTERS)
+    yield from (ForwardPlan(64, n, math.ceil(tokens / n)) for n in SEGMENT_LENS if n < tokens)
 
 
 def main(argv=None):
@@ -22,9 +33,9 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    heads = sorted({(h, hv) for h, hv, _, _ in SHAPES})
-    sources = {(hq, hv, cfg, name): src for hq, hv in heads for cfg in CONFIGS
-               for name, src in sources_for(Heads(hq, hv), cfg).items()}
+    heads = sorted({(h, hv) for h, hv, _ in SHAPES})
+    sources = {(hq, hv, bv, name): src for hq, hv in heads for bv in DEFAULT_REGISTERS
+               for name, src in sources_for(Heads(hq, hv), ForwardConfig(block_v=bv)).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
     if args.compile_only:
         return 0
@@ -33,35 +44,34 @@ def main(argv=None):
 
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
-    from gdnc.ops import kernels, output_allocator, prepare_args, run_kernels
+    from gdnc.ops import plan_for, run_kernels
     from gdnc.reference.compare import relative_error
     from gdnc.reference.problem import check_arguments
 
     rows = []
     generator = torch.Generator("cuda").manual_seed(0)
-    for hq, hv, n, t in SHAPES:
-        cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
-        inputs = make_inputs(Shape(hq, hv, (t,) * n), generator, cu_seqlens=cu)
-        q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
-        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
+    for hq, hv, lengths in SHAPES:
+        shape = Shape(hq, hv, lengths)
+        inputs = make_inputs(shape, generator)
+        q, k, v, g, beta, h0, cu = (inputs[name] for name in ("q", "k", "v", "g", "beta", "initial_state",
+                                                                 "cu_seqlens"))
+        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=h0, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
-        ref, _ = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, cu_seqlens=cu)
-        # the prepare kernel alone (the same for every forward config)
-        prepare = kernels(Heads(hq, hv))["gdn_prepare"]
-        prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=False))
-        prep_ms = time_calls([lambda: prepare(*prep)]).ms
-        rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": "gdn_prepare alone", "ms": prep_ms})
-        print(f"{hq}/{hv} {n}x{t} gdn_prepare alone: {prep_ms:.3f} ms", flush=True)
-        for cfg in CONFIGS:
-            fn = lambda: run_kernels(q, k, v, g, beta, s, None, False, cu, forward=cfg)  # noqa: E731
-            o, _ = fn()
+        tokens = sum(lengths)
+        default = plan_for(Heads(hq, hv), tokens, len(lengths), q.device)
+        ref = None
+        label = f"{hq}/{hv} {'+'.join(map(str, lengths))}"
+        for plan in [default, *(p for p in plans(tokens) if p != default)]:
+            fn = lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)  # noqa: E731
+            o, ht = fn()
+            ref = (o, ht) if ref is None else ref
             timing = time_calls([fn])
-            ms = timing.ms
-            rows.append({"shape": f"{hq}/{hv} {n}x{t}", "config": cfg.__dict__, "ms": ms,
+            rows.append({"shape": label, "plan": plan.__dict__, "default": plan == default, "ms": timing.ms,
                          "repeats_ms": timing.repeats_ms, "method": timing.method,
-                         "diff_vs_default": relative_error(o, ref)})
-            print(f"{hq}/{hv} {n}x{t} bv={cfg.block_v} regs={cfg.registers}: {ms:.3f} ms "
-                  f"(vs default {rows[-1]['diff_vs_default']:.1e})", flush=True)
+                         "o_vs_default": relative_error(o, ref[0]), "state_vs_default": relative_error(ht, ref[1])})
+            print(f"{label:22s} bv={plan.block_v} segment={plan.segment_len:5d}{' (default)' if plan == default else ''}: "
+                  f"{timing.ms:.3f} ms [{timing.method}] (vs default o {rows[-1]['o_vs_default']:.1e}, "
+                  f"state {rows[-1]['state_vs_default']:.1e})", flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1, default=str)

@@ -64,7 +64,7 @@ def _cmd_build(args) -> int:
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
     start = time.perf_counter()
-    # every forward config the op may pick (plan_block_v), so a call never compiles on the GPU;
+    # every forward config the op may pick (gdnc.plan), so a call never compiles on the GPU;
     # kernels that do not depend on the forward config are built once
     first_key = {}
     for h in heads:

@@ -1,54 +1,114 @@
-"""Intra-card context parallelism for the forward: long sequences split into segments that run in
-parallel, then chained exactly (gdnc.reference.segments has the float64 math and its tests).
+"""Intra-card context parallelism for the forward: long sequences cut into segments that run in
+parallel, each from a start state that is exact, or provably within e^τ of exact (the float64 math
+and its tests are in gdnc.reference.segments).
 
-Three passes of one packed forward — any callable ``forward(v, h0, cu) -> (o, final_state)`` over
-fixed q, k, g, β (the kernel path, or the chunked reference in tests):
+Every step runs on the device with shapes the host knows (no host sync, so the op can be captured
+in a CUDA graph). Sequence n's slot p covers tokens [cu_n + p·L, cu_n + (p+1)·L) clipped to the
+sequence (possibly empty). A packed ``forward(v, h0, start, end, o) -> final`` over token ranges
+(the generated kernel, or the chunked reference in tests) runs three times:
 
-    1. per segment from a zero start: the end state S_ext (the real v), and the transition M — the
-       same pass with v = 0 from S = I, since the state map is linear in S (the state is then
-       K×K, so this needs V = K)
-    2. per sequence, in order: S_start(s+1) = M_s S_start(s) + S_ext,s, on the device, in the
-       forward's state dtype (fp32 for the kernels)
-    3. every segment from its start state: o for all tokens, each sequence's final state from its
-       last segment
+    1. warm-up: for every boundary (the start b of a non-empty slot p >= 1), the state at b from a
+       zero start over a window [a, b) of whole chunks: the fewest chunks whose decay is at most τ
+       in every head (shortcut), or the whole previous segment (then the window's end state is
+       that segment's S_ext, and the boundary is "exact")
+    2. transitions: for exact boundaries only, the previous segment's K×K transition M, as the same
+       forward with v = 0 from S = I (the state map is linear in S); empty ranges elsewhere
+    3. the chain S_start(p) = M_p S_start(p-1) + W_p (M_p = 0 at shortcut boundaries), batched over
+       sequences, then every slot from its start state: o for every token, and each sequence's
+       final state from its last non-empty slot
 
-Segment boundaries are multiples of the chunk from their sequence's start, so the chunking — and
-whatever a forward prepares per chunk (the gate-free inverse, the log2 gate) — is the same as
-unsplit.
+The shortcut drops M_p S_start(p-1), whose norm is at most e^{decay of the window} ‖S_start‖ when
+every transition α_t (I − β_t k_t k_tᵀ) in the window has norm at most α_t, that is when
+0 <= β_t ‖k_t‖² <= 2. That is checked on the data (``non_expansive``); where it fails, or where no
+window of up to max_warmup_chunks reaches τ (g = 0 heads), the boundary is exact.
+
+Slot boundaries are multiples of the chunk from their sequence's start, so the chunking — and
+whatever gdn_prepare computed per chunk — is that of the unsplit call.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from gdnc.reference.segments import split
+from gdnc.plan import ForwardPlan, SplitConfig
 
 
-def split_forward(forward, v, h0, seqlens: list[int], segment_len: int):
-    """o [1, T, HV, V] and the final states [N, HV, K, V] (fp32) of the packed call with offsets
-    ``seqlens`` (host list), computed segment-parallel. v: [1, T, HV, V]; h0: [N, HV, K, V] or None."""
-    segments = split(seqlens, segment_len)
-    device, T, HV, V = v.device, v.shape[1], v.shape[2], v.shape[3]
+class Slots(NamedTuple):
+    """Token ranges of every slot, [P, N] int32 (slot p of sequence n), and the warm-up plan."""
+
+    start: torch.Tensor
+    end: torch.Tensor
+    window_start: torch.Tensor  # warm-up window [window_start, start) before each slot
+    exact: torch.Tensor  # bool: this slot's start state is chained exactly (needs M)
+
+
+def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Whether every token's transition I − β k kᵀ has spectral norm at most 1 (0 <= β ‖k‖² <= 2):
+    a 0-d bool tensor, computed on the device. k: [tokens, H, K]; beta: [tokens, HV]."""
+    group = beta.shape[1] // k.shape[1]
+    erase = beta.float() * k.float().square().sum(-1).repeat_interleave(group, 1)
+    return ((erase >= 0) & (erase <= 2)).all()
+
+
+def plan_slots(cu: torch.Tensor, g: torch.Tensor, non_expansive_: torch.Tensor, plan: ForwardPlan,
+               config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
+    """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window.
+
+    g: [tokens, HV] log-space decay (natural log). A window of n chunks before a boundary b has
+    the decay sum(g[b - n·C : b]) per head; the shortest with decay <= τ in every head is taken."""
+    L, P = plan.segment_len, plan.slots
+    seq_start, seq_end = cu[:-1].long(), cu[1:].long()
+    offsets = torch.arange(P, device=cu.device)[:, None] * L
+    start = torch.minimum(seq_start + offsets, seq_end)  # [P, N]
+    end = torch.minimum(start + L, seq_end)
+    window_chunks = torch.arange(1, min(L // chunk, config.max_warmup_chunks) + 1, device=cu.device)
+    decay_to = torch.zeros(g.shape[0] + 1, g.shape[1], dtype=torch.float64, device=g.device)
+    decay_to[1:] = torch.cumsum(g.double(), 0)  # decay_to[t] = sum(g[:t])
+    boundary = start[1:]  # [P - 1, N]; a non-empty slot p >= 1 follows a full slot p - 1
+    window_start = (boundary[..., None] - chunk * window_chunks).clamp_min(0)  # [P - 1, N, W]
+    decay = decay_to[boundary][:, :, None] - decay_to[window_start]  # [P - 1, N, W, HV]
+    reached = (decay <= config.tau).all(-1)
+    shortcut = reached.any(-1) & non_expansive_
+    first = reached.int().argmax(-1, keepdim=True)  # the shortest window that reaches tau
+    chained = boundary < end[1:]
+    exact = chained & ~shortcut
+    window = torch.where(shortcut, window_start.gather(-1, first)[..., 0], start[:-1])
+    window = torch.where(chained, window, boundary)  # empty slots: an empty window
+    i32 = torch.int32
+    return Slots(start.to(i32), end.to(i32), torch.cat([start[:1], window]).to(i32),
+                 torch.cat([torch.zeros_like(exact[:1]), exact]))
+
+
+def split_forward(forward, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor):
+    """o (written into ``o`` [tokens, HV, V]) and the final states [N, HV, K, V] of the packed call,
+    segment-parallel over ``slots`` (plan_slots). v: [tokens, HV, V]; h0: [N, HV, K, V] or None.
+    The states, transitions and chain are in h0's dtype (fp32 without h0; the kernels' state dtype).
+
+    forward(v, h0, start, end, o) -> final runs the packed forward over the token ranges
+    [start_i, end_i) (int32 [S]) from h0 [S, HV, K, V], writes o's rows of those ranges and returns
+    the end states [S, HV, K, V]; an empty range returns its h0."""
+    P, N = slots.start.shape
+    HV, V = v.shape[1:]
     K = V if h0 is None else h0.shape[2]
     if K != V:
         raise ValueError(f"split_forward measures the K×K transition with a K-wide state pass, so it needs "
                          f"K = V, got K={K}, V={V}")
-    cu = torch.tensor([s.start for s in segments] + [segments[-1].end], dtype=torch.int32, device=device)
-    S = len(segments)
-    eye = torch.eye(K, dtype=torch.float32, device=device).expand(S, HV, K, K).contiguous()
-    _, transition = forward(torch.zeros_like(v), eye, cu)
-    _, s_ext = forward(v, torch.zeros(S, HV, K, V, dtype=torch.float32, device=device), cu)
-
-    first = {}
-    for i, seg in enumerate(segments):
-        first.setdefault(seg.sequence, i)
-    counts = [sum(1 for s in segments if s.sequence == n) for n in range(len(seqlens) - 1)]
-    # the chain runs in the forward's state dtype (fp32 from the kernels)
-    starts = torch.zeros(S, HV, K, V, dtype=s_ext.dtype, device=device)
-    if h0 is not None:
-        starts[torch.tensor([first[n] for n in range(len(counts))], device=device)] = h0.to(s_ext.dtype)
-    for j in range(1, max(counts)):  # segment j of every sequence that has one, all sequences at once
-        index = torch.tensor([first[n] + j for n, c in enumerate(counts) if c > j], device=device)
-        starts[index] = transition[index - 1] @ starts[index - 1] + s_ext[index - 1]
-    o, finals = forward(v, starts, cu)
-    last = torch.tensor([first[n] + c - 1 for n, c in enumerate(counts)], device=device)
-    return o, finals[last]
+    dtype = torch.float32 if h0 is None else h0.dtype
+    flat = lambda x: x.reshape(P * N)  # noqa: E731  slot p of sequence n is range p·N + n
+    scratch = torch.empty_like(o)  # the summary passes' outputs, never read
+    zeros = torch.zeros(P * N, HV, K, V, dtype=dtype, device=v.device)
+    warm = forward(v, zeros, flat(slots.window_start), flat(slots.start), scratch).view(P, N, HV, K, V)
+    exact = slots.exact[..., None, None, None]
+    eye = (torch.eye(K, dtype=dtype, device=v.device) * exact).expand(P, N, HV, K, K)  # zero if not exact
+    transition = forward(torch.zeros_like(v), eye.reshape(P * N, HV, K, K).contiguous(),
+                         flat(torch.where(slots.exact, slots.window_start, slots.start)), flat(slots.start),
+                         scratch).view(P, N, HV, K, K)
+    starts = torch.empty(P, N, HV, K, V, dtype=dtype, device=v.device)
+    starts[0] = 0 if h0 is None else h0
+    for p in range(1, P):
+        torch.baddbmm(warm[p].view(N * HV, K, V), transition[p].view(N * HV, K, K),
+                      starts[p - 1].view(N * HV, K, V), out=starts[p].view(N * HV, K, V))
+    finals = forward(v, starts.view(P * N, HV, K, V), flat(slots.start), flat(slots.end), o).view(P, N, HV, K, V)
+    # a sequence's non-empty slots come first: its last one holds its final state
+    return finals[(slots.end > slots.start).long().sum(0) - 1, torch.arange(N, device=v.device)]

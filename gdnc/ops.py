@@ -6,8 +6,11 @@ not cover falls back to the chunked reference, saying why once: no CUDA tensors 
 GPU), dtypes other than bf16 and head sizes other than K = V = 128 (the only ones checked on the
 GPU yet), and — until gdnc generates the backward — calls that need gradients.
 
-Varlen calls read cu_seqlens on the host once, to check it (a device sync); the kernels' chunk
-layout is computed on the device.
+Long sequences that leave SMs idle are split into segments that run in parallel (gdnc.cp; the
+plan in gdnc.plan). Everything after the argument check runs on the device with shapes the host
+knows, so a call can be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on
+the host once (a device sync) to check its offsets; during capture it does not, and the offsets
+are not checked.
 """
 from __future__ import annotations
 
@@ -19,11 +22,12 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from gdnc.cp import non_expansive, plan_slots, split_forward
 from gdnc.emit.build import compile_all
 from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.library import get_variant
-from gdnc.plan import plan_block_v
+from gdnc.plan import ForwardPlan, SplitConfig, plan_forward
 from gdnc.reference.chunked import chunked
 from gdnc.reference.problem import check_arguments
 
@@ -59,6 +63,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
         reason = "gradients requested: gdnc does not generate the backward yet, so this call runs the " \
                  "chunked reference with autograd (slow)"
     if reason is not None:
+        if q.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"gdnc: this call cannot be captured in a CUDA graph: {reason}, and the reference "
+                               "it would fall back to runs on the host")
         _say_once(reason, f"{reason}; using the chunked reference")
         o, ht = chunked(rec, q, k, v, g=g, beta=beta, scale=shapes.scale, initial_state=initial_state,
                         output_final_state=output_final_state, cu_seqlens=cu_seqlens, dtype=torch.float32)
@@ -110,10 +117,10 @@ def chunk_index(cu: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.stack([seq, slots - first[seq]], 1).to(torch.int32)
 
 
-def forward_config_for(heads: Heads, num_sequences: int, device) -> ForwardConfig:
-    """The forward config of one call (a fixed heuristic until the autotuner chooses per shape)."""
+def plan_for(heads: Heads, tokens: int, num_sequences: int, device) -> ForwardPlan:
+    """The plan of one call: V block and split (a fixed heuristic until the autotuner chooses per shape)."""
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    return ForwardConfig(block_v=plan_block_v(num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim))
+    return plan_forward(tokens, num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim)
 
 
 class PrepareArgs(NamedTuple):
@@ -147,13 +154,13 @@ def prepare_args(k, g, beta, s, cu_seqlens, empty) -> PrepareArgs:
 
 
 def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens,
-                forward: ForwardConfig | None = None):
+                plan: ForwardPlan | None = None, split: SplitConfig = SplitConfig()):
     """The kernel path of chunk_gated_delta_rule for a checked call ``s`` (check_arguments)."""
     device, dtype = q.device, q.dtype
     heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
-    compiled = kernels(heads, forward or forward_config_for(heads, s.num_sequences, device))
-    tokens = s.B * s.T
-    N = s.num_sequences
+    tokens, N = s.B * s.T, s.num_sequences
+    plan = plan or plan_for(heads, tokens, N, device)
+    compiled = kernels(heads, ForwardConfig(block_v=plan.block_v))
     if cu_seqlens is None:
         cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
     else:
@@ -161,10 +168,24 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     empty = output_allocator(device, os.environ.get("GDNC_POISON_OUTPUTS") == "1")
     prep = prepare_args(k, g, beta, s, cu, empty)
     compiled["gdn_prepare"](*prep)
-    h0 = initial_state.float().contiguous() if initial_state is not None else \
-        torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
+    q_packed = q.reshape(tokens, s.H, s.K).contiguous()
+    v_packed = v.reshape(tokens, s.HV, s.V).contiguous()
     o = empty(tokens, s.HV, s.V, dt=dtype)
-    final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
-    compiled["gdn_forward"](q.reshape(tokens, s.H, s.K).contiguous(), prep.k, v.reshape(tokens, s.HV, s.V).contiguous(),
-                            prep.l2_gate, prep.beta, prep.a_free, cu, h0, s.scale, o, final_state)
+
+    def forward(v_, h0, start, end, o_):
+        """gdn_forward over the token ranges [start_i, end_i) from h0 [ranges, HV, K, V]."""
+        final = empty(start.numel(), s.HV, s.K, s.V, dt=torch.float32)
+        compiled["gdn_forward"](q_packed, prep.k, v_, prep.l2_gate, prep.beta, prep.a_free, start, end, h0, s.scale,
+                                o_, final)
+        return final
+
+    h0 = initial_state.float().contiguous() if initial_state is not None else None
+    if plan.split:
+        slots = plan_slots(cu, prep.g, non_expansive(prep.k, prep.beta), plan, split, CHUNK)
+        final_state = split_forward(forward, v_packed, h0, slots, o)
+    else:
+        if h0 is None:
+            h0 = torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
+        # copies: a range array that starts 4 bytes into cu would be a misaligned kernel argument
+        final_state = forward(v_packed, h0, cu[:-1].clone(), cu[1:].clone(), o)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)

@@ -1,54 +1,84 @@
-"""Whether to split sequences across CTAs (context parallelism), and how long the segments are.
+"""How one forward call is laid out on the GPU: the V block per CTA, and whether long sequences are
+split into segments that run in parallel (context parallelism, gdnc.cp).
 
-The fused forward runs one CTA per (sequence, value head, value block), serial over chunks. When
-those CTAs cannot fill the GPU, long sequences are split into segments that run in parallel and are
-chained afterwards (gdnc.reference.segments has the math). The default heuristic below is a
-starting point; SplitConfig exposes its knobs so the autotuner can choose per shape.
+The fused forward runs one CTA per (range of tokens, value head, value block), serial over the
+range's chunks, one CTA per SM. When the (sequence, head, block) CTAs cannot fill the GPU, every
+sequence is cut into slots of ``segment_len`` tokens that run side by side and are chained by
+gdnc.cp. The decision uses only what the host knows without reading the device (token count,
+number of sequences, heads, SMs), so a call can be captured in a CUDA graph. The default
+heuristic below is a starting point; SplitConfig exposes its knobs so the autotuner can choose per
+shape.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
+BLOCK_V_CHOICES = (64, 32)
+
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """segment_len: tokens per segment (a multiple of the chunk), 0 = never split, None = heuristic.
-    min_waves: CTAs wanted per SM before splitting is not worth it.
-    min_segment_chunks: shorter segments cost more in summaries and chaining than they save.
-    tau: log-space decay threshold of the gate-driven shortcut (used only where its conditions hold)."""
+    """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
+    min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
+    tau: log-space decay threshold of the gate-driven shortcut (gdnc.cp): a segment's start state is
+         warmed up over the fewest whole chunks before it whose decay is at most tau in every head,
+         used only where the transitions are provably non-expansive.
+    max_warmup_chunks: the longest warm-up tried before the exact chain is used instead."""
 
     segment_len: int | None = None
-    min_waves: float = 1.0
     min_segment_chunks: int = 8
     tau: float = -10.0
+    max_warmup_chunks: int = 16
+
+    def check(self, chunk: int = 64) -> None:
+        if self.segment_len is not None and (self.segment_len < 0 or self.segment_len % chunk):
+            raise ValueError(f"SplitConfig.segment_len must be 0, None or a positive multiple of the chunk "
+                             f"({chunk}), got {self.segment_len}")
+        if self.min_segment_chunks < 1 or self.max_warmup_chunks < 1:
+            raise ValueError(f"SplitConfig.min_segment_chunks and max_warmup_chunks must be >= 1, got "
+                             f"{self.min_segment_chunks}, {self.max_warmup_chunks}")
+        if not self.tau < 0:
+            raise ValueError(f"SplitConfig.tau must be negative (a log-space decay), got {self.tau}")
 
 
-def plan_segment_len(seqlens: list[int], h_v: int, v_blocks: int, sm_count: int, chunk: int = 64,
-                     config: SplitConfig = SplitConfig()) -> int:
-    """Segment length in tokens for a call with packed offsets ``seqlens`` (0: do not split)."""
-    if config.segment_len is not None:
-        if config.segment_len and config.segment_len % chunk:
-            raise ValueError(f"SplitConfig.segment_len must be a multiple of the chunk ({chunk}), "
-                             f"got {config.segment_len}")
-        return config.segment_len
-    lengths = [b - a for a, b in zip(seqlens[:-1], seqlens[1:])]
-    ctas_per_segment = h_v * v_blocks
-    wanted = math.ceil(config.min_waves * sm_count)
-    if len(lengths) * ctas_per_segment >= wanted:
-        return 0
-    segments = math.ceil(wanted / ctas_per_segment)
-    segment_len = math.ceil(sum(lengths) / segments / chunk) * chunk
-    segment_len = max(segment_len, config.min_segment_chunks * chunk)
-    return 0 if segment_len >= max(lengths) else segment_len
+@dataclasses.dataclass(frozen=True)
+class ForwardPlan:
+    """block_v: V columns per CTA. segment_len: tokens per segment, 0 when not split.
+    slots: segment slots per sequence (ceil(tokens / segment_len): enough for the longest possible
+    sequence; slots past a sequence's end are empty ranges whose CTAs exit at once)."""
+
+    block_v: int
+    segment_len: int = 0
+    slots: int = 1
+
+    @property
+    def split(self) -> bool:
+        return self.segment_len > 0
 
 
-def plan_block_v(num_sequences: int, h_v: int, sm_count: int, choices: tuple[int, ...] = (64, 32),
-                 v_dim: int = 128) -> int:
-    """V columns per CTA of the fused forward: the widest block whose (sequence, head, block) CTAs
-    still fill every SM; the narrowest when none does. Narrow blocks shorten each chunk's serial
-    work but repeat the state-free work (Q Kᵀ, X̃, M) once per block."""
-    for block_v in choices:
-        if num_sequences * h_v * (v_dim // block_v) >= sm_count:
-            return block_v
-    return choices[-1]
+def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim: int = 128, chunk: int = 64,
+                 config: SplitConfig = SplitConfig()) -> ForwardPlan:
+    """The plan of a call with ``tokens`` packed tokens in ``num_sequences`` sequences.
+
+    The lengths of the sequences are not used (reading cu_seqlens would sync the host), so the
+    plan holds for any lengths: slots are sized for one sequence holding every token. Split when
+    one wave holds at least two segments' CTAs at the widest block, and either the sequences
+    average two segments or there are at most two of them (a long and a short one are common, and
+    the empty slots of two sequences cost little): as many segments as one wave holds, never
+    shorter than min_segment_chunks. Unsplit, the narrow block is used only where its CTAs still
+    fit one wave: a second wave costs a whole serial pass."""
+    config.check(chunk)
+    wide, narrow = BLOCK_V_CHOICES
+    per_sequence = h_v * (v_dim // wide)
+    if config.segment_len:
+        return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
+    segments = sm_count // per_sequence
+    if config.segment_len is None and segments >= 2 and (
+            num_sequences <= 2 or 2 * num_sequences * per_sequence <= sm_count):
+        segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / chunk)) * chunk
+        if segment_len < tokens:
+            return ForwardPlan(wide, segment_len, math.ceil(tokens / segment_len))
+    if num_sequences * per_sequence < sm_count and num_sequences * h_v * (v_dim // narrow) <= sm_count:
+        return ForwardPlan(narrow)
+    return ForwardPlan(wide)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import gdnc
 from gdnc.check import kernel_vs_reference
-from gdnc.emit.config import ForwardConfig
+from gdnc.plan import ForwardPlan
 
 pytestmark = pytest.mark.gpu
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -102,7 +102,7 @@ def test_every_value_block_width(block_v, gates, monkeypatch):
     length-1 sequences, h0, and g = 0 next to strong decay."""
     import gdnc.ops
 
-    monkeypatch.setattr(gdnc.ops, "forward_config_for", lambda *_: ForwardConfig(block_v=block_v))
+    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v))
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu)
@@ -124,3 +124,52 @@ def test_bad_input_is_refused_without_launching():
     with pytest.warns(UserWarning, match="checked for K = V = 128, got K=96"):
         gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
     assert os.environ["GDNC_POISON_OUTPUTS"] == "1"
+
+
+@pytest.mark.parametrize("gates", ["normal", "strong", "mixed"])
+@pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 32)])
+def test_split_sequences(h_qk, h_v, gates, monkeypatch):
+    """Context parallelism with short segments over one long and several short sequences (length 1
+    included), h0 and final state: the shortcut where every head decays (normal, strong), the exact
+    chain where some heads do not (mixed: g = 0 beside g = −30)."""
+    import gdnc.ops
+
+    lengths = [5000, 1, 63, 3000, 64]
+    T = sum(lengths)
+    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    check(*inputs(T, h_qk, h_v, N=len(lengths), gates=gates), cu=cu)
+
+
+@pytest.mark.parametrize("lengths", [[32768], [28672, 4096], [1000, 1, 63, 2000]])
+def test_calls_are_captured_in_a_cuda_graph(lengths):
+    """The op, split (2/8 at these lengths) or not, in a CUDA graph: replays equal eager calls
+    bitwise, on the same and on fresh inputs written into the captured buffers."""
+    T = sum(lengths)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    q, k, v, g, beta, h0 = inputs(T, 2, 8, N=len(lengths))
+    call = lambda: gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,  # noqa: E731
+                                               cu_seqlens=cu)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()  # kernels loaded before capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o_graph, ht_graph = call()
+    for _ in range(2):
+        graph.replay()
+        o, ht = call()
+        torch.cuda.synchronize()
+        assert torch.equal(o_graph, o) and torch.equal(ht_graph, ht)
+        for x, fresh in zip((q, k, v, g, beta, h0), inputs(T, 2, 8, N=len(lengths))):
+            x.copy_(fresh)
+
+
+def test_a_fallback_during_capture_is_refused_clearly():
+    q, k, v, g, beta, _ = inputs(64, 2, 8)
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph: the kernels are built and checked"):
+        with torch.cuda.graph(graph):
+            gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)

@@ -68,12 +68,9 @@ class Shapes:
     K: int
     HV: int
     V: int
-    seqlens: list[int] | None  # cu_seqlens as a list (varlen), or None
+    seqlens: list[int] | None  # cu_seqlens as a list (varlen, unless read during graph capture), or None
     scale: float
-
-    @property
-    def num_sequences(self) -> int:
-        return self.B if self.seqlens is None else len(self.seqlens) - 1
+    num_sequences: int
 
 
 def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict) -> Shapes:
@@ -115,7 +112,7 @@ def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlen
             raise ValueError(f"{name} is on {x.device}, but q is on {device}; all tensors must share a device")
 
     seqlens = _check_cu_seqlens(cu_seqlens, B, T, device)
-    N = B if seqlens is None else len(seqlens) - 1
+    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     if initial_state is not None:
         _check_float_tensor("initial_state", initial_state)
         if tuple(initial_state.shape) != (N, HV, K, V):
@@ -128,7 +125,7 @@ def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlen
         scale = K ** -0.5
     elif isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"scale must be a float or None (K^-0.5), got {type(scale).__name__}: {scale!r}")
-    return Shapes(B, T, H, K, HV, V, seqlens, float(scale))
+    return Shapes(B, T, H, K, HV, V, seqlens, float(scale), N)
 
 
 def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
@@ -136,6 +133,9 @@ def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, input
     """Check the call (check_arguments), then lay every tensor out per value head in ``dtype``."""
     s = check_arguments(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
                         inputs=inputs)
+    if cu_seqlens is not None and s.seqlens is None:
+        raise RuntimeError("the reference executors split sequences on the host, which they cannot do while a "
+                           "CUDA graph is being captured (cu_seqlens cannot be read); run them outside capture")
     group = s.HV // s.H
     tensors = {"q": q.repeat_interleave(group, 2), "k": k.repeat_interleave(group, 2), "v": v}
     for sym in rec.inputs:
@@ -158,6 +158,7 @@ def _check_float_tensor(name, x):
 
 
 def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
+    """The offsets as a host list (None without cu_seqlens, or while a CUDA graph is captured)."""
     if cu_seqlens is None:
         return None
     if not isinstance(cu_seqlens, torch.Tensor):
@@ -169,6 +170,9 @@ def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
         raise ValueError(f"cu_seqlens packs sequences along T and needs B = 1, got B = {B}")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, but q is on {device}")
+    if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
+        # reading the offsets would sync the host, which capture forbids: they are not checked
+        return None
     offsets = cu_seqlens.tolist()
     if offsets[0] != 0 or offsets[-1] != T or any(b <= a for a, b in zip(offsets, offsets[1:])):
         raise ValueError(f"cu_seqlens must rise strictly from 0 to T={T} (no empty sequences), got {offsets}")

@@ -12,9 +12,9 @@ value zeroed (the write is linear in v for every recurrence of the family); this
 reference executor for all variants.
 
 Gate-driven shortcut: if the decay accumulated over the last chunks of a segment is below τ, the
-state entering the segment contributes at most e^τ ‖S‖ to its end state — provided ‖k‖ = 1 and
-0 <= β <= 2 (each (I − β k kᵀ) is then a contraction); ``shortcut_bound`` checks those conditions
-on the data instead of assuming them.
+state entering the segment contributes at most e^τ ‖S‖ to its end state — provided each
+(I − β k kᵀ) is non-expansive, 0 <= β ‖k‖² <= 2 (true for ‖k‖ = 1 and 0 <= β <= 2);
+``shortcut_bound`` checks that on the data instead of assuming it.
 """
 from __future__ import annotations
 
@@ -105,13 +105,15 @@ def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial
     return torch.cat(outs, 1), final_state
 
 
-def shortcut_bound(k, beta, log_decay_tail: torch.Tensor, tol: float = 1e-3):
+def shortcut_bound(k, beta, log_decay_tail: torch.Tensor):
     """The bound e^τ on how much a segment's start state can reach its end state, where τ is the
     decay accumulated over the segment's tail (log_decay_tail: the per-token log gates of the
-    tail, [..., n]); None when its assumptions fail on these inputs (‖k‖ = 1 within ``tol`` and
-    0 <= β <= 2), in which case the exact chain must be used."""
-    norms = k.double().norm(dim=-1)
-    if not bool(((norms - 1).abs() <= tol).all()) or not bool(((beta >= 0) & (beta <= 2)).all()):
+    tail, [..., n]); None when its assumption fails on these inputs (every I − β k kᵀ
+    non-expansive: 0 <= β ‖k‖² <= 2, gdnc.cp.non_expansive), in which case the exact chain must
+    be used. k: [B, T, H, K]; beta: [B, T, HV]."""
+    from gdnc.cp import non_expansive
+
+    if not bool(non_expansive(k.reshape(-1, *k.shape[2:]), beta.reshape(-1, beta.shape[-1]))):
         return None
     tau = log_decay_tail.double().sum(-1).max().item()
     return math.exp(tau)

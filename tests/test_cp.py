@@ -1,0 +1,114 @@
+"""Context parallelism's device-side driver (gdnc.cp) on CPU, with the chunked reference as its
+packed forward: exact where it chains, within the shortcut's bound where it warms up."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gdnc
+from gdnc.cp import non_expansive, plan_slots, split_forward
+from gdnc.plan import ForwardPlan, SplitConfig
+from gdnc.reference.chunked import chunked
+from gdnc.reference.compare import relative_error
+
+GDN = gdnc.get_variant("gdn")
+LENGTHS = [450, 1, 63, 200]  # one long sequence, a length-1 one, a tail
+
+
+def packed_case(gen, lengths=LENGTHS, H=2, HV=4, K=16, gates="normal"):
+    """Packed float64 inputs: q, k [T, H, K]; v [T, HV, K]; g, beta [T, HV]; h0 [N, HV, K, K]."""
+    T = sum(lengths)
+    q = F.normalize(torch.randn(T, H, K, generator=gen, dtype=torch.float64), dim=-1)
+    k = F.normalize(torch.randn(T, H, K, generator=gen, dtype=torch.float64), dim=-1)
+    v = torch.randn(T, HV, K, generator=gen, dtype=torch.float64)
+    g = F.logsigmoid(torch.randn(T, HV, generator=gen, dtype=torch.float64))
+    if gates == "mixed":  # a head without decay beside a strongly decaying one
+        g[:, 0], g[:, 1] = 0.0, -30.0
+    beta = torch.rand(T, HV, generator=gen, dtype=torch.float64)
+    h0 = torch.randn(len(lengths), HV, K, K, generator=gen, dtype=torch.float64)
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+    return q, k, v, g, beta, h0, cu
+
+
+def reference_forward(q, k, g, beta):
+    """The chunked reference as split_forward's packed forward over token ranges."""
+    def forward(v, h0, start, end, o):
+        finals = h0.clone()
+        for i, (a, b) in enumerate(zip(start.tolist(), end.tolist())):
+            if b > a:
+                o_i, ht = chunked(GDN, q[None, a:b], k[None, a:b], v[None, a:b], g=g[None, a:b],
+                                  beta=beta[None, a:b], initial_state=h0[i:i + 1].double(), output_final_state=True)
+                o[a:b], finals[i] = o_i[0].to(o.dtype), ht[0].to(finals.dtype)
+        return finals
+    return forward
+
+
+def unsplit(q, k, v, g, beta, h0, cu):
+    o, ht = chunked(GDN, q[None], k[None], v[None], g=g[None], beta=beta[None], initial_state=h0,
+                    output_final_state=True, cu_seqlens=cu)
+    return o[0], ht
+
+
+def run_split(q, k, v, g, beta, h0, cu, segment_len, config=SplitConfig()):
+    plan = ForwardPlan(64, segment_len, -(-q.shape[0] // segment_len))
+    slots = plan_slots(cu, g, non_expansive(k, beta), plan, config)
+    o = torch.full_like(v, float("nan"))
+    final = split_forward(reference_forward(q, k, g, beta), v, h0, slots, o)
+    return o, final, slots
+
+
+@pytest.mark.parametrize("segment_len", [64, 128])
+def test_exact_chain_where_a_head_does_not_decay(segment_len, gen):
+    """g = 0 in one head: no warm-up reaches τ, every boundary chains exactly (M)."""
+    case = packed_case(gen, gates="mixed")
+    o, final, slots = run_split(*case, segment_len)
+    o_ref, ht_ref = unsplit(*case)
+    chained = slots.start[1:] < slots.end[1:]
+    assert chained.any() and torch.equal(slots.exact[1:], chained)
+    assert relative_error(o, o_ref) <= 1e-10 and relative_error(final, ht_ref) <= 1e-10
+
+
+def test_shortcut_where_every_head_decays(gen):
+    """Every head decays by ≈ 0.2 a token: one chunk of warm-up (decay ≈ −12.8) reaches τ = −10, no
+    M is formed, and the error is what the dropped e^{-12.8} contribution allows; τ = −20 takes two
+    chunks and drops only e^{-25.6} (float64 throughout, so the dropped part is what shows)."""
+    q, k, v, g, beta, h0, cu = case = packed_case(gen)
+    g.copy_(-0.2 + 0.01 * torch.randn(g.shape, generator=gen, dtype=g.dtype))
+    o_ref, ht_ref = unsplit(*case)
+    errors = []
+    for tau, chunks in ((-10.0, 1), (-20.0, 2)):
+        o, final, slots = run_split(*case, 128, SplitConfig(tau=tau))
+        chained = slots.start[1:] < slots.end[1:]
+        assert chained.any() and not slots.exact.any()
+        window = (slots.start - slots.window_start)[1:]
+        assert torch.equal(window[chained], torch.full_like(window[chained], 64 * chunks))
+        errors.append(max(relative_error(o, o_ref), relative_error(final, ht_ref)))
+    assert 1e-10 < errors[0] <= 1e-4 and errors[1] < errors[0] / 100
+
+
+def test_expanding_transitions_are_chained_exactly(gen):
+    """β ‖k‖² > 2 somewhere (unnormalised k): the shortcut's bound does not hold, so it is refused."""
+    q, k, v, g, beta, h0, cu = packed_case(gen)
+    k = 2 * k
+    assert not bool(non_expansive(k, beta))
+    o, final, slots = run_split(q, k, v, g, beta, h0, cu, 128)
+    o_ref, ht_ref = unsplit(q, k, v, g, beta, h0, cu)
+    assert torch.equal(slots.exact[1:], slots.start[1:] < slots.end[1:])
+    assert relative_error(o, o_ref) <= 1e-10 and relative_error(final, ht_ref) <= 1e-10
+
+
+def test_windows_longer_than_allowed_fall_back_to_the_chain(gen):
+    case = packed_case(gen)
+    _, _, slots = run_split(*case, 128, SplitConfig(tau=-1e6, max_warmup_chunks=2))
+    assert torch.equal(slots.exact[1:], slots.start[1:] < slots.end[1:])
+
+
+def test_slots_cover_every_token_once(gen):
+    """Slots of each sequence in order, clipped to it; the window before a slot lies in its sequence."""
+    *_, cu = packed_case(gen)
+    g = torch.full((int(cu[-1]), 4), -1.0, dtype=torch.float64)
+    slots = plan_slots(cu, g, torch.tensor(True), ForwardPlan(64, 128, 6))
+    covered = torch.zeros(int(cu[-1]), dtype=torch.int32)
+    for a, b in zip(slots.start.flatten().tolist(), slots.end.flatten().tolist()):
+        covered[a:b] += 1
+    assert torch.equal(covered, torch.ones_like(covered))
+    assert (slots.window_start <= slots.start).all() and (slots.window_start >= cu[:-1]).all()
