@@ -27,6 +27,7 @@ whatever gdn_prepare computed per chunk — is that of the unsplit call.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -51,29 +52,28 @@ def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return ((erase >= 0) & (erase <= 2)).all()
 
 
-def plan_slots(cu: torch.Tensor, g: torch.Tensor, non_expansive_: torch.Tensor, plan: ForwardPlan,
+def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, non_expansive_: torch.Tensor, plan: ForwardPlan,
                config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
     """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window.
 
-    g: [tokens, HV] log-space decay (natural log). A window of n chunks before a boundary b has
-    the decay sum(g[b - n·C : b]) per head; the shortest with decay <= τ in every head is taken."""
+    l2_gate: [tokens, HV] gdn_prepare's cumulative log2 gate within each chunk, so its value at a
+    chunk's last token is the chunk's decay (log2). A window of n whole chunks before a boundary
+    has the sum of their decays; the shortest with decay <= τ (natural log) in every head is
+    taken. Only the W = min(L / C, max_warmup_chunks) chunk ends before each boundary are read."""
     L, P = plan.segment_len, plan.slots
     seq_start, seq_end = cu[:-1].long(), cu[1:].long()
     offsets = torch.arange(P, device=cu.device)[:, None] * L
     start = torch.minimum(seq_start + offsets, seq_end)  # [P, N]
     end = torch.minimum(start + L, seq_end)
-    window_chunks = torch.arange(1, min(L // chunk, config.max_warmup_chunks) + 1, device=cu.device)
-    decay_to = torch.zeros(g.shape[0] + 1, g.shape[1], dtype=torch.float64, device=g.device)
-    decay_to[1:] = torch.cumsum(g.double(), 0)  # decay_to[t] = sum(g[:t])
+    back = chunk * torch.arange(min(L // chunk, config.max_warmup_chunks), device=cu.device)
     boundary = start[1:]  # [P - 1, N]; a non-empty slot p >= 1 follows a full slot p - 1
-    window_start = (boundary[..., None] - chunk * window_chunks).clamp_min(0)  # [P - 1, N, W]
-    decay = decay_to[boundary][:, :, None] - decay_to[window_start]  # [P - 1, N, W, HV]
-    reached = (decay <= config.tau).all(-1)
+    chunk_decay = l2_gate[(boundary[..., None] - 1 - back).clamp_min(0)].double()  # [P - 1, N, W, HV]
+    reached = (chunk_decay.cumsum(2) <= config.tau * math.log2(math.e)).all(-1)  # window of w + 1 chunks
     shortcut = reached.any(-1) & non_expansive_
     first = reached.int().argmax(-1, keepdim=True)  # the shortest window that reaches tau
     chained = boundary < end[1:]
     exact = chained & ~shortcut
-    window = torch.where(shortcut, window_start.gather(-1, first)[..., 0], start[:-1])
+    window = torch.where(shortcut, boundary - chunk - back[first[..., 0]], start[:-1])
     window = torch.where(chained, window, boundary)  # empty slots: an empty window
     i32 = torch.int32
     return Slots(start.to(i32), end.to(i32), torch.cat([start[:1], window]).to(i32),

@@ -181,7 +181,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if plan.split:
-        slots = plan_slots(cu, prep.g, non_expansive(prep.k, prep.beta), plan, split, CHUNK)
+        slots = plan_slots(cu, prep.l2_gate, non_expansive(prep.k, prep.beta), plan, split, CHUNK)
         final_state = split_forward(forward, v_packed, h0, slots, o)
     else:
         if h0 is None:

@@ -1,5 +1,7 @@
 """Context parallelism's device-side driver (gdnc.cp) on CPU, with the chunked reference as its
 packed forward: exact where it chains, within the shortcut's bound where it warms up."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,15 @@ def packed_case(gen, lengths=LENGTHS, H=2, HV=4, K=16, gates="normal"):
     return q, k, v, g, beta, h0, cu
 
 
+def log2_gate(g, cu, chunk=64):
+    """gdn_prepare's l2_gate [tokens, HV]: the log2 gate summed from each chunk's start."""
+    out = torch.empty_like(g)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        for c in range(a, b, chunk):
+            out[c:min(c + chunk, b)] = g[c:min(c + chunk, b)].cumsum(0) / math.log(2)
+    return out
+
+
 def reference_forward(q, k, g, beta):
     """The chunked reference as split_forward's packed forward over token ranges."""
     def forward(v, h0, start, end, o):
@@ -50,7 +61,7 @@ def unsplit(q, k, v, g, beta, h0, cu):
 
 def run_split(q, k, v, g, beta, h0, cu, segment_len, config=SplitConfig()):
     plan = ForwardPlan(64, segment_len, -(-q.shape[0] // segment_len))
-    slots = plan_slots(cu, g, non_expansive(k, beta), plan, config)
+    slots = plan_slots(cu, log2_gate(g, cu), non_expansive(k, beta), plan, config)
     o = torch.full_like(v, float("nan"))
     final = split_forward(reference_forward(q, k, g, beta), v, h0, slots, o)
     return o, final, slots
@@ -106,7 +117,7 @@ def test_slots_cover_every_token_once(gen):
     """Slots of each sequence in order, clipped to it; the window before a slot lies in its sequence."""
     *_, cu = packed_case(gen)
     g = torch.full((int(cu[-1]), 4), -1.0, dtype=torch.float64)
-    slots = plan_slots(cu, g, torch.tensor(True), ForwardPlan(64, 128, 6))
+    slots = plan_slots(cu, log2_gate(g, cu), torch.tensor(True), ForwardPlan(64, 128, 6))
     covered = torch.zeros(int(cu[-1]), dtype=torch.int32)
     for a, b in zip(slots.start.flatten().tolist(), slots.end.flatten().tolist()):
         covered[a:b] += 1
