@@ -19,8 +19,8 @@ sequence (possibly empty). A packed ``forward(v, h0, start, end, o) -> final`` o
 
 The shortcut drops M_p S_start(p-1), whose norm is at most e^{decay of the window} ‖S_start‖ when
 every transition α_t (I − β_t k_t k_tᵀ) in the window has norm at most α_t, that is when
-0 <= β_t ‖k_t‖² <= 2. That is checked on the data (``non_expansive``); where it fails, or where no
-window of up to max_warmup_chunks reaches τ (g = 0 heads), the boundary is exact.
+0 <= β_t ‖k_t‖² <= 2. That is checked on the window's tokens (``non_expansive``); where it fails,
+or where no window of up to max_warmup_chunks reaches τ (g = 0 heads), the boundary is exact.
 
 Slot boundaries are multiples of the chunk from their sequence's start, so the chunking — and
 whatever gdn_prepare computed per chunk — is that of the unsplit call.
@@ -45,39 +45,62 @@ class Slots(NamedTuple):
 
 
 def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Whether every token's transition I − β k kᵀ has spectral norm at most 1 (0 <= β ‖k‖² <= 2):
-    a 0-d bool tensor, computed on the device. k: [tokens, H, K]; beta: [tokens, HV]."""
-    group = beta.shape[1] // k.shape[1]
-    erase = beta.float() * k.float().square().sum(-1).repeat_interleave(group, 1)
-    return ((erase >= 0) & (erase <= 2)).all()
+    """Per token and value head, whether the transition I − β k kᵀ has spectral norm at most 1
+    (0 <= β ‖k‖² <= 2). k: [..., H, K]; beta: [..., HV] -> bool [..., HV]."""
+    group = beta.shape[-1] // k.shape[-2]
+    norm_dtype = torch.promote_types(k.dtype, torch.float32)  # bf16 k is summed in fp32, not copied
+    erase = beta * torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square().repeat_interleave(group, -1)
+    return (erase >= 0) & (erase <= 2)
 
 
-def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, non_expansive_: torch.Tensor, plan: ForwardPlan,
+def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, plan: ForwardPlan,
                config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
     """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window.
 
     l2_gate: [tokens, HV] gdn_prepare's cumulative log2 gate within each chunk, so its value at a
-    chunk's last token is the chunk's decay (log2). A window of n whole chunks before a boundary
-    has the sum of their decays; the shortest with decay <= τ (natural log) in every head is
-    taken. Only the W = min(L / C, max_warmup_chunks) chunk ends before each boundary are read."""
+    chunk's last token is the chunk's decay (log2); k: [tokens, H, K]; beta: [tokens, HV]. A
+    window of n whole chunks before a boundary has the sum of their decays; the shortest whose
+    decay is <= τ (natural log) in every head, and whose transitions are all non-expansive, is
+    taken. Only the W = min(L / C, max_warmup_chunks) chunks before each boundary are read."""
     L, P = plan.segment_len, plan.slots
     seq_start, seq_end = cu[:-1].long(), cu[1:].long()
     offsets = torch.arange(P, device=cu.device)[:, None] * L
     start = torch.minimum(seq_start + offsets, seq_end)  # [P, N]
     end = torch.minimum(start + L, seq_end)
-    back = chunk * torch.arange(min(L // chunk, config.max_warmup_chunks), device=cu.device)
+    W = min(L // chunk, config.max_warmup_chunks)
+    back = chunk * torch.arange(W, device=cu.device)
     boundary = start[1:]  # [P - 1, N]; a non-empty slot p >= 1 follows a full slot p - 1
     chunk_decay = l2_gate[(boundary[..., None] - 1 - back).clamp_min(0)].double()  # [P - 1, N, W, HV]
     reached = (chunk_decay.cumsum(2) <= config.tau * math.log2(math.e)).all(-1)  # window of w + 1 chunks
-    shortcut = reached.any(-1) & non_expansive_
-    first = reached.int().argmax(-1, keepdim=True)  # the shortest window that reaches tau
+    before = (boundary[..., None] - 1 - torch.arange(W * chunk, device=cu.device)).clamp_min(0)  # [P - 1, N, W·C]
+    contracting = non_expansive(k[before], beta[before]).view(*before.shape[:2], W, chunk * beta.shape[-1]).all(-1)
+    usable = reached & (contracting.int().cumprod(2) > 0)  # every chunk of the window contracts
+    shortcut = usable.any(-1)
+    first = usable.int().argmax(-1)  # the shortest usable window
     chained = boundary < end[1:]
     exact = chained & ~shortcut
-    window = torch.where(shortcut, boundary - chunk - back[first[..., 0]], start[:-1])
+    window = torch.where(shortcut, boundary - chunk - back[first], start[:-1])
     window = torch.where(chained, window, boundary)  # empty slots: an empty window
     i32 = torch.int32
     return Slots(start.to(i32), end.to(i32), torch.cat([start[:1], window]).to(i32),
                  torch.cat([torch.zeros_like(exact[:1]), exact]))
+
+
+_ZEROS: dict = {}
+
+
+def zeros_like_kept(x: torch.Tensor) -> torch.Tensor:
+    """A zero tensor shaped like x, from one buffer per device and dtype kept between calls (the
+    largest asked for so far): the transition pass only reads it, and a fresh one would cost a
+    memset of v's size every call. A buffer made during CUDA-graph capture is not kept: capture
+    does not run the memset, so it holds zeros only once the graph is replayed."""
+    key = (x.device, x.dtype)
+    buf = _ZEROS.get(key)
+    if buf is None or buf.numel() < x.numel():
+        buf = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
+        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            _ZEROS[key] = buf
+    return buf[:x.numel()].view(x.shape)
 
 
 def split_forward(forward, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor):
@@ -101,7 +124,7 @@ def split_forward(forward, v: torch.Tensor, h0: torch.Tensor | None, slots: Slot
     warm = forward(v, zeros, flat(slots.window_start), flat(slots.start), scratch).view(P, N, HV, K, V)
     exact = slots.exact[..., None, None, None]
     eye = (torch.eye(K, dtype=dtype, device=v.device) * exact).expand(P, N, HV, K, K)  # zero if not exact
-    transition = forward(torch.zeros_like(v), eye.reshape(P * N, HV, K, K).contiguous(),
+    transition = forward(zeros_like_kept(v), eye.reshape(P * N, HV, K, K).contiguous(),
                          flat(torch.where(slots.exact, slots.window_start, slots.start)), flat(slots.start),
                          scratch).view(P, N, HV, K, K)
     starts = torch.empty(P, N, HV, K, V, dtype=dtype, device=v.device)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from gdnc.cp import non_expansive, plan_slots, split_forward
+from gdnc.cp import plan_slots, split_forward
 from gdnc.emit.build import compile_all
 from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
@@ -88,16 +88,17 @@ def _unsupported(q, k, v, s) -> str | None:
 
 
 DEFAULT_FORWARD = ForwardConfig(block_v=64)
+DEFAULT_PREPARE = PrepareConfig()
 
 
 def sources_for(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD,
-                prepare: PrepareConfig = PrepareConfig()) -> dict[str, str]:
+                prepare: PrepareConfig = DEFAULT_PREPARE) -> dict[str, str]:
     """The rendered kernels for one head configuration (default configs until the autotuner picks)."""
     return render(get_variant("gdn"), heads, forward, prepare)
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, prepare: PrepareConfig = PrepareConfig()) -> dict:
+def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
     """Compiled kernels for one head configuration and config (cached in-process and on disk)."""
     return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
@@ -160,7 +161,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
     tokens, N = s.B * s.T, s.num_sequences
     plan = plan or plan_for(heads, tokens, N, device)
-    compiled = kernels(heads, ForwardConfig(block_v=plan.block_v))
+    compiled = kernels(heads, ForwardConfig(block_v=plan.block_v), DEFAULT_PREPARE)
     if cu_seqlens is None:
         cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
     else:
@@ -181,7 +182,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if plan.split:
-        slots = plan_slots(cu, prep.l2_gate, non_expansive(prep.k, prep.beta), plan, split, CHUNK)
+        slots = plan_slots(cu, prep.l2_gate, prep.k, prep.beta, plan, split, CHUNK)
         final_state = split_forward(forward, v_packed, h0, slots, o)
     else:
         if h0 is None:

@@ -54,6 +54,17 @@ def test_lower_and_nvcc(h_qk, h_v, block_v):
     assert forward.setmaxnreg, "forward: no per-role register budgets"
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+def test_substitution_inverse_lowers_and_builds():
+    """The prepare kernel's other inverse (one thread per column of A): the blocked one's fallback."""
+    blocked = render(GDN, Heads(2, 8))["gdn_prepare"]
+    source = render(GDN, Heads(2, 8), ForwardConfig(), PrepareConfig(inverse="substitution"))["gdn_prepare"]
+    assert "inverse=substitution" in source and "inverse=blocked" in blocked
+    assert "half_product" in blocked and "half_product" not in source
+    rep = nvcc_report(lower_cuda(source, "gdn_prepare", GDN.ir_hash))
+    assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
+
+
 def test_unsupported_recurrence_is_refused_with_reason():
     with pytest.raises(UnsupportedRecurrence, match="no kernel template yet.*per-K"):
         render(gdnc.get_variant("kda"), Heads(2, 4))
@@ -72,6 +83,8 @@ def test_config_checks():
         Heads(4, 6)
     with pytest.raises(ValueError, match="dtype must be one of"):
         Heads(2, 4, dtype="float32")
+    with pytest.raises(ValueError, match="inverse must be 'substitution' or 'blocked'"):
+        PrepareConfig(inverse="tf32").check(Heads(2, 4))
     with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 \(5 or more spill\), got 5"):
         PrepareConfig(ctas_per_sm=5).check(Heads(2, 4))
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import gdnc
 from gdnc.check import kernel_vs_reference
+from gdnc.emit.config import PrepareConfig
 from gdnc.plan import ForwardPlan
 
 pytestmark = pytest.mark.gpu
@@ -173,3 +174,15 @@ def test_a_fallback_during_capture_is_refused_clearly():
     with pytest.raises(RuntimeError, match="cannot be captured in a CUDA graph: the kernels are built and checked"):
         with torch.cuda.graph(graph):
             gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
+
+
+@pytest.mark.parametrize("inverse", ["substitution", "blocked"])
+def test_every_prepare_inverse(inverse, monkeypatch):
+    """Both ways gdn_prepare forms the gate-free inverse, on varlen with length-1 sequences and a
+    tail, strong decay beside g = 0."""
+    import gdnc.ops
+
+    monkeypatch.setattr(gdnc.ops, "DEFAULT_PREPARE", PrepareConfig(inverse=inverse))
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)

@@ -41,11 +41,15 @@ class PrepareConfig:
              substitution, one per row in the cumsum)
     ctas_per_sm: CTAs the register budget must let share an SM (__launch_bounds__'s minimum): the
              substitution is one warp per scheduler per CTA, latency-bound, so occupancy is its speed
+    inverse: "substitution" (one thread per column of A, 2016 dependent updates each) or "blocked"
+             (16×16 diagonal blocks by substitution on 64 threads, then two merges of block pairs,
+             A21 = −A22 (L21 A11), on all threads; fp32 on CUDA cores either way)
     """
 
     chunk: int = 64
     threads: int = 128
     ctas_per_sm: int = 4
+    inverse: str = "blocked"
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
@@ -54,6 +58,8 @@ class PrepareConfig:
             raise ValueError(f"PrepareConfig.threads must be 2 × chunk = {2 * self.chunk}, got {self.threads}")
         if heads.k_dim % 64:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
+        if self.inverse not in ("substitution", "blocked"):
+            raise ValueError(f"PrepareConfig.inverse must be 'substitution' or 'blocked', got {self.inverse!r}")
         if not 1 <= self.ctas_per_sm <= 4:
             # 5 CTAs leave 96 registers a thread, and the substitution's column of A spills (nvcc 13.0)
             raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..4 (5 or more spill), got {self.ctas_per_sm}")

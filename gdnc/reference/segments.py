@@ -113,7 +113,7 @@ def shortcut_bound(k, beta, log_decay_tail: torch.Tensor):
     be used. k: [B, T, H, K]; beta: [B, T, HV]."""
     from gdnc.cp import non_expansive
 
-    if not bool(non_expansive(k.reshape(-1, *k.shape[2:]), beta.reshape(-1, beta.shape[-1]))):
+    if not bool(non_expansive(k, beta).all()):
         return None
     tau = log_decay_tail.double().sum(-1).max().item()
     return math.exp(tau)
