@@ -86,20 +86,20 @@ def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, k: torch.Tensor, beta: t
                  torch.cat([torch.zeros_like(exact[:1]), exact]))
 
 
-_ZEROS: dict = {}
+_ZEROS: dict[tuple, list[torch.Tensor]] = {}
 
 
 def zeros_like_kept(x: torch.Tensor) -> torch.Tensor:
-    """A zero tensor shaped like x, from one buffer per device and dtype kept between calls (the
-    largest asked for so far): the transition pass only reads it, and a fresh one would cost a
-    memset of v's size every call. A buffer made during CUDA-graph capture is not kept: capture
-    does not run the memset, so it holds zeros only once the graph is replayed."""
-    key = (x.device, x.dtype)
-    buf = _ZEROS.get(key)
-    if buf is None or buf.numel() < x.numel():
+    """A zero tensor shaped like x, from buffers kept between calls per device and dtype: the
+    transition pass only reads it, and a fresh one would cost a memset of v's size every call.
+    A kept buffer is never freed, since a captured CUDA graph may read it; one made during
+    capture is not kept, since capture does not run its memset."""
+    kept = _ZEROS.setdefault((x.device, x.dtype), [])
+    buf = next((b for b in kept if b.numel() >= x.numel()), None)
+    if buf is None:
         buf = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
         if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            _ZEROS[key] = buf
+            kept.append(buf)
     return buf[:x.numel()].view(x.shape)
 
 

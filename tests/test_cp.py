@@ -141,3 +141,15 @@ def test_only_the_windows_transitions_are_checked(gen):
     assert bool(slots.exact[1, 0]) and int(slots.exact.sum()) == 1
     o_ref, ht_ref = unsplit(q, k, v, g, beta, h0, cu)
     assert relative_error(o, o_ref) <= 1e-4 and relative_error(final, ht_ref) <= 1e-4
+
+
+def test_kept_zeros_grow_without_freeing():
+    """A captured graph may still read an older, smaller buffer: growing keeps it alive."""
+    from gdnc.cp import _ZEROS, zeros_like_kept
+
+    _ZEROS.clear()
+    small = zeros_like_kept(torch.ones(3, 2))
+    large = zeros_like_kept(torch.ones(5, 4))
+    again = zeros_like_kept(torch.ones(2, 2))
+    assert small.shape == (3, 2) and large.shape == (5, 4) and not small.any() and not large.any()
+    assert len(_ZEROS[(small.device, small.dtype)]) == 2 and again.data_ptr() == small.data_ptr()
