@@ -49,8 +49,9 @@ def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     (0 <= β ‖k‖² <= 2). k: [..., H, K]; beta: [..., HV] -> bool [..., HV]."""
     group = beta.shape[-1] // k.shape[-2]
     norm_dtype = torch.promote_types(k.dtype, torch.float32)  # bf16 k is summed in fp32, not copied
-    erase = beta * torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square().repeat_interleave(group, -1)
-    return (erase >= 0) & (erase <= 2)
+    norm2 = torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square()
+    erase = beta * (norm2.repeat_interleave(group, -1) if group > 1 else norm2)
+    return (erase - 1).abs() <= 1
 
 
 def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, plan: ForwardPlan,
@@ -62,24 +63,23 @@ def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, k: torch.Tensor, beta: t
     window of n whole chunks before a boundary has the sum of their decays; the shortest whose
     decay is <= τ (natural log) in every head, and whose transitions are all non-expansive, is
     taken. Only the W = min(L / C, max_warmup_chunks) chunks before each boundary are read."""
+    # few, small launches: in a captured graph each costs its latency, whatever its size
     L, P = plan.segment_len, plan.slots
-    seq_start, seq_end = cu[:-1].long(), cu[1:].long()
-    offsets = torch.arange(P, device=cu.device)[:, None] * L
-    start = torch.minimum(seq_start + offsets, seq_end)  # [P, N]
-    end = torch.minimum(start + L, seq_end)
+    cu = cu.long()
+    start = torch.minimum(cu[:-1] + torch.arange(0, P * L, L, device=cu.device)[:, None], cu[1:])  # [P, N]
+    end = torch.minimum(start + L, cu[1:])
     W = min(L // chunk, config.max_warmup_chunks)
-    back = chunk * torch.arange(W, device=cu.device)
     boundary = start[1:]  # [P - 1, N]; a non-empty slot p >= 1 follows a full slot p - 1
-    chunk_decay = l2_gate[(boundary[..., None] - 1 - back).clamp_min(0)].double()  # [P - 1, N, W, HV]
+    before = (boundary[..., None] - torch.arange(1, W * chunk + 1, device=cu.device)).clamp_min(0)  # b-1, b-2, ...
+    chunk_decay = l2_gate[before[..., ::chunk]].double()  # [P - 1, N, W, HV]: each chunk's last token
     reached = (chunk_decay.cumsum(2) <= config.tau * math.log2(math.e)).all(-1)  # window of w + 1 chunks
-    before = (boundary[..., None] - 1 - torch.arange(W * chunk, device=cu.device)).clamp_min(0)  # [P - 1, N, W·C]
     contracting = non_expansive(k[before], beta[before]).view(*before.shape[:2], W, chunk * beta.shape[-1]).all(-1)
     usable = reached & (contracting.int().cumprod(2) > 0)  # every chunk of the window contracts
     shortcut = usable.any(-1)
     first = usable.int().argmax(-1)  # the shortest usable window
     chained = boundary < end[1:]
     exact = chained & ~shortcut
-    window = torch.where(shortcut, boundary - chunk - back[first], start[:-1])
+    window = torch.where(shortcut, boundary - chunk * (first + 1), start[:-1])
     window = torch.where(chained, window, boundary)  # empty slots: an empty window
     i32 = torch.int32
     return Slots(start.to(i32), end.to(i32), torch.cat([start[:1], window]).to(i32),
