@@ -21,6 +21,11 @@ BLOCK_V_CHOICES = (64, 32)
 class SplitConfig:
     """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
     min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
+    min_tokens: calls with fewer tokens are not split: the split's own launches (planning, warm-up,
+         transitions, chain; ≈ 0.15 ms on the H200) would eat what it saves.
+    max_sequences: calls with more sequences are not split: every sequence gets slots for all the
+         tokens (the lengths are not read), and the CTAs of the empty ones cost more than a
+         balanced batch gains.
     tau: log-space decay threshold of the gate-driven shortcut (gdnc.cp): a segment's start state is
          warmed up over the fewest whole chunks before it whose decay is at most tau in every head,
          used only where the transitions are provably non-expansive.
@@ -28,6 +33,8 @@ class SplitConfig:
 
     segment_len: int | None = None
     min_segment_chunks: int = 8
+    min_tokens: int = 8192
+    max_sequences: int = 2
     tau: float = -10.0
     max_warmup_chunks: int = 16
 
@@ -63,19 +70,20 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
 
     The lengths of the sequences are not used (reading cu_seqlens would sync the host), so the
     plan holds for any lengths: slots are sized for one sequence holding every token. Split when
-    one wave holds at least two segments' CTAs at the widest block, and either the sequences
-    average two segments or there are at most two of them (a long and a short one are common, and
-    the empty slots of two sequences cost little): as many segments as one wave holds, never
-    shorter than min_segment_chunks. Unsplit, the narrow block is used only where its CTAs still
-    fit one wave: a second wave costs a whole serial pass."""
+    one wave holds at least two segments' CTAs at the widest block, for calls of at least
+    min_tokens tokens in at most max_sequences sequences (one long sequence, or a long and a short
+    one, as the design notes' shapes have): as many segments as one wave holds, never shorter
+    than min_segment_chunks. Unsplit, the narrow block is used only where its CTAs still fit one
+    wave: a second wave costs a whole serial pass. (Measured on the H200 for these defaults:
+    benchmarks/results/2026-12-02-h200-cp-v1/sweep.log.)"""
     config.check(chunk)
     wide, narrow = BLOCK_V_CHOICES
     per_sequence = h_v * (v_dim // wide)
     if config.segment_len:
         return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
     segments = sm_count // per_sequence
-    if config.segment_len is None and segments >= 2 and (
-            num_sequences <= 2 or 2 * num_sequences * per_sequence <= sm_count):
+    if config.segment_len is None and segments >= 2 and tokens >= config.min_tokens \
+            and num_sequences <= config.max_sequences:
         segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / chunk)) * chunk
         if segment_len < tokens:
             return ForwardPlan(wide, segment_len, math.ceil(tokens / segment_len))
