@@ -118,10 +118,10 @@ def chunk_index(cu: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.stack([seq, slots - first[seq]], 1).to(torch.int32)
 
 
-def plan_for(heads: Heads, tokens: int, num_sequences: int, device) -> ForwardPlan:
+def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: SplitConfig = SplitConfig()) -> ForwardPlan:
     """The plan of one call: V block and split (a fixed heuristic until the autotuner chooses per shape)."""
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    return plan_forward(tokens, num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim)
+    return plan_forward(tokens, num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim, config=split)
 
 
 class PrepareArgs(NamedTuple):
@@ -160,7 +160,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     device, dtype = q.device, q.dtype
     heads = Heads(s.H, s.HV, s.K, s.V, "bfloat16" if dtype == torch.bfloat16 else "float16")
     tokens, N = s.B * s.T, s.num_sequences
-    plan = plan or plan_for(heads, tokens, N, device)
+    plan = plan or plan_for(heads, tokens, N, device, split)
     compiled = kernels(heads, ForwardConfig(block_v=plan.block_v), DEFAULT_PREPARE)
     if cu_seqlens is None:
         cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
