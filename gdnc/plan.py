@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-BLOCK_V_CHOICES = (64, 32)
+from gdnc.emit.config import DEFAULT_REGISTERS
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +78,7 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
     wave: a second wave costs a whole serial pass. (Measured on the H200 for these defaults:
     benchmarks/results/2026-12-02-h200-cp-v1/sweep.log.)"""
     config.check(chunk)
-    wide, narrow = BLOCK_V_CHOICES
+    wide, narrow = max(DEFAULT_REGISTERS), min(DEFAULT_REGISTERS)  # the block widths the forward has budgets for
     per_sequence = h_v * (v_dim // wide)
     if config.segment_len:
         return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
