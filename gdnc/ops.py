@@ -118,6 +118,12 @@ def chunk_index(cu: torch.Tensor, tokens: int) -> torch.Tensor:
     return torch.stack([seq, slots - first[seq]], 1).to(torch.int32)
 
 
+def sequence_ranges(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gdn_forward's (seq_start, seq_end) [N] int32 for the packed sequences ``cu`` [N + 1]: copies,
+    since a range array that starts 4 bytes into cu would be a misaligned kernel argument."""
+    return cu[:-1].clone(), cu[1:].clone()
+
+
 def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: SplitConfig = SplitConfig()) -> ForwardPlan:
     """The plan of one call: V block and split (a fixed heuristic until the autotuner chooses per shape)."""
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
@@ -187,6 +193,5 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     else:
         if h0 is None:
             h0 = torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
-        # copies: a range array that starts 4 bytes into cu would be a misaligned kernel argument
-        final_state = forward(v_packed, h0, cu[:-1].clone(), cu[1:].clone(), o)
+        final_state = forward(v_packed, h0, *sequence_ranges(cu), o)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)
