@@ -69,7 +69,8 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
             lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
             continue
         rep = nvcc_report(cuda)
-        good = rep.wgmma and rep.spill_stores == 0 and rep.spill_loads == 0
+        # the chunk kernels' products run on wgmma; context parallelism's planner and fp32 chain need none
+        good = (rep.wgmma or name.startswith("cp_")) and rep.spill_stores == 0 and rep.spill_loads == 0
         ok &= good
         lines.append(f"{'PASS' if good else 'FAIL'} {name} {heads.h_qk}/{heads.h_v}: built for sm_90a, "
                      f"{rep.launch_threads} threads, {rep.registers} registers, spills {rep.spill_stores}/"

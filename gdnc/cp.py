@@ -4,8 +4,9 @@ and its tests are in gdnc.reference.segments).
 
 Every step runs on the device with shapes the host knows (no host sync, so the op can be captured
 in a CUDA graph). Sequence n's slot p covers tokens [cu_n + p·L, cu_n + (p+1)·L) clipped to the
-sequence (possibly empty). A packed ``forward(v, h0, start, end, o) -> final`` over token ranges
-(the generated kernel, or the chunked reference in tests) runs three times:
+sequence (possibly empty). The plan (the cp_plan kernel, or plan_slots, its torch reference)
+reads only gdn_prepare's outputs. A packed ``forward(v, h0, start, end, o) -> final`` over token
+ranges (the generated kernel, or the chunked reference in tests) runs three times:
 
     1. warm-up: for every boundary (the start b of a non-empty slot p >= 1), the state at b from a
        zero start over a window [a, b) of whole chunks: the fewest chunks whose decay is at most τ
@@ -13,14 +14,15 @@ sequence (possibly empty). A packed ``forward(v, h0, start, end, o) -> final`` o
        that segment's S_ext, and the boundary is "exact")
     2. transitions: for exact boundaries only, the previous segment's K×K transition M, as the same
        forward with v = 0 from S = I (the state map is linear in S); empty ranges elsewhere
-    3. the chain S_start(p) = M_p S_start(p-1) + W_p (M_p = 0 at shortcut boundaries), batched over
-       sequences, then every slot from its start state: o for every token, and each sequence's
-       final state from its last non-empty slot
+    3. the chain S_start(p) = M_p S_start(p-1) + W_p (M_p dropped at shortcut boundaries; the
+       cp_chain kernel, or chain_reference), in place over the warm-up states, then every slot
+       from its start state: o for every token, and each sequence's final state from its last
+       non-empty slot
 
 The shortcut drops M_p S_start(p-1), whose norm is at most e^{decay of the window} ‖S_start‖ when
 every transition α_t (I − β_t k_t k_tᵀ) in the window has norm at most α_t, that is when
-0 <= β_t ‖k_t‖² <= 2. That is checked on the window's tokens (``non_expansive``); where it fails,
-or where no window of up to max_warmup_chunks reaches τ (g = 0 heads), the boundary is exact.
+0 <= β_t ‖k_t‖² <= 2 (``non_expansive``; gdn_prepare's ``contracts`` says it per chunk). Where it
+fails, or where no window of up to max_warmup_chunks reaches τ (g = 0 heads), the boundary is exact.
 
 Slot boundaries are multiples of the chunk from their sequence's start, so the chunking — and
 whatever gdn_prepare computed per chunk — is that of the unsplit call.
@@ -36,12 +38,15 @@ from gdnc.plan import ForwardPlan, SplitConfig
 
 
 class Slots(NamedTuple):
-    """Token ranges of every slot, [P, N] int32 (slot p of sequence n), and the warm-up plan."""
+    """Every slot's token range and warm-up plan, [P, N] int32 (slot p of sequence n, the range
+    p·N + n of the passes), and where each sequence's final state is."""
 
     start: torch.Tensor
     end: torch.Tensor
     window_start: torch.Tensor  # warm-up window [window_start, start) before each slot
-    exact: torch.Tensor  # bool: this slot's start state is chained exactly (needs M)
+    exact: torch.Tensor  # 1: this slot's start state is chained exactly (needs M), else 0
+    transition_start: torch.Tensor  # the transition pass's range [transition_start, start): empty unless exact
+    final_slot: torch.Tensor  # [N] int64: the range whose end state is sequence n's final state
 
 
 def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -54,84 +59,125 @@ def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     return (erase - 1).abs() <= 1
 
 
-def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, k: torch.Tensor, beta: torch.Tensor, plan: ForwardPlan,
+def window_limits(plan: ForwardPlan, config: SplitConfig, chunk: int = 64) -> tuple[int, float]:
+    """(W, τ in log2): the most chunks a warm-up window may have, and the decay threshold in the
+    base of gdn_prepare's l2_gate. The planner kernel and plan_slots take both from here."""
+    return min(plan.segment_len // chunk, config.max_warmup_chunks), config.tau * math.log2(math.e)
+
+
+def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, plan: ForwardPlan,
                config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
-    """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window.
+    """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window: the torch
+    reference of the cp_plan kernel (run_planner), which computes the same, bit for bit.
 
     l2_gate: [tokens, HV] gdn_prepare's cumulative log2 gate within each chunk, so its value at a
-    chunk's last token is the chunk's decay (log2); k: [tokens, H, K]; beta: [tokens, HV]. A
-    window of n whole chunks before a boundary has the sum of their decays; the shortest whose
-    decay is <= τ (natural log) in every head, and whose transitions are all non-expansive, is
-    taken. Only the W = min(L / C, max_warmup_chunks) chunks before each boundary are read."""
-    # few, small launches: in a captured graph each costs its latency, whatever its size
+    chunk's last token is the chunk's decay (log2); contracts: [tokens, HV] gdn_prepare's flag,
+    read at chunks' first rows only (1.0: every transition of the chunk is non-expansive). A
+    window of w + 1 whole chunks before a boundary has the sum of their decays (in fp64); the
+    shortest whose decay is <= τ in every head, and whose chunks all contract, is taken. Only the
+    W chunks before each boundary are read (window_limits)."""
     L, P = plan.segment_len, plan.slots
+    W, tau2 = window_limits(plan, config, chunk)
     cu = cu.long()
     start = torch.minimum(cu[:-1] + torch.arange(0, P * L, L, device=cu.device)[:, None], cu[1:])  # [P, N]
     end = torch.minimum(start + L, cu[1:])
-    W = min(L // chunk, config.max_warmup_chunks)
     boundary = start[1:]  # [P - 1, N]; a non-empty slot p >= 1 follows a full slot p - 1
-    before = (boundary[..., None] - torch.arange(1, W * chunk + 1, device=cu.device)).clamp_min(0)  # b-1, b-2, ...
-    chunk_decay = l2_gate[before[..., ::chunk]].double()  # [P - 1, N, W, HV]: each chunk's last token
-    reached = (chunk_decay.cumsum(2) <= config.tau * math.log2(math.e)).all(-1)  # window of w + 1 chunks
-    contracting = non_expansive(k[before], beta[before]).view(*before.shape[:2], W, chunk * beta.shape[-1]).all(-1)
+    chunk_end = boundary[..., None] - chunk * torch.arange(W, device=cu.device)  # window chunk w: [end − C, end)
+    reached = (l2_gate[(chunk_end - 1).clamp_min(0)].double().cumsum(2) <= tau2).all(-1)  # window of w + 1 chunks
+    contracting = (contracts[(chunk_end - chunk).clamp_min(0)] == 1).all(-1)
     usable = reached & (contracting.int().cumprod(2) > 0)  # every chunk of the window contracts
     shortcut = usable.any(-1)
     first = usable.int().argmax(-1)  # the shortest usable window
     chained = boundary < end[1:]
-    exact = chained & ~shortcut
+    exact = torch.cat([torch.zeros_like(chained[:1]), chained & ~shortcut])
     window = torch.where(shortcut, boundary - chunk * (first + 1), start[:-1])
-    window = torch.where(chained, window, boundary)  # empty slots: an empty window
+    window_start = torch.cat([start[:1], torch.where(chained, window, boundary)])  # empty slots: an empty window
+    # the last non-empty slot; slot 0 (empty: its start state, h0) for an empty sequence
+    final_slot = (((cu[1:] - cu[:-1] + L - 1) // L).clamp_min(1) - 1) * cu[:-1].numel() \
+        + torch.arange(cu[:-1].numel(), device=cu.device)
     i32 = torch.int32
-    return Slots(start.to(i32), end.to(i32), torch.cat([start[:1], window]).to(i32),
-                 torch.cat([torch.zeros_like(exact[:1]), exact]))
+    return Slots(start.to(i32), end.to(i32), window_start.to(i32), exact.to(i32),
+                 torch.where(exact, window_start, start).to(i32), final_slot)
 
 
-_ZEROS: dict[tuple, list[torch.Tensor]] = {}
+def run_planner(kernel, cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, plan: ForwardPlan,
+                config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
+    """plan_slots on the device: the compiled cp_plan kernel, one launch, on the same arguments
+    (cu int32; every output element is written)."""
+    config.check(chunk)  # the kernel holds at most MAX_WARMUP_CHUNKS windows
+    P, N = plan.slots, cu.numel() - 1
+    slot_ints = lambda: torch.empty(P, N, dtype=torch.int32, device=cu.device)  # noqa: E731
+    slots = Slots(*(slot_ints() for _ in range(5)), torch.empty(N, dtype=torch.int64, device=cu.device))
+    kernel(cu, l2_gate, contracts, plan.segment_len, *window_limits(plan, config, chunk), *slots)
+    return slots
 
 
-def zeros_like_kept(x: torch.Tensor) -> torch.Tensor:
-    """A zero tensor shaped like x, from buffers kept between calls per device and dtype: the
-    transition pass only reads it, and a fresh one would cost a memset of v's size every call.
-    A kept buffer is never freed, since a captured CUDA graph may read it; one made during
-    capture is not kept, since capture does not run its memset."""
-    kept = _ZEROS.setdefault((x.device, x.dtype), [])
-    buf = next((b for b in kept if b.numel() >= x.numel()), None)
+def chain_reference(states: torch.Tensor, transition: torch.Tensor, exact: torch.Tensor, h0: torch.Tensor) -> None:
+    """The cp_chain kernel in torch, in place: states [P·N, HV, K, V] go from every slot's warm-up
+    end state to its start state, states[p·N + n] += M_p states[(p−1)·N + n] where exact[p, n]
+    ([P, N] int), after states[n] = h0[n] ([N, HV, K, V]); transition [P·N, HV, K, K]."""
+    P, N = exact.shape
+    states = states.view(P, N, *states.shape[1:])
+    transition = transition.view(P, N, *transition.shape[1:])
+    states[0] = h0
+    for p in range(1, P):
+        states[p] += torch.where(exact[p].bool()[:, None, None, None], transition[p] @ states[p - 1], 0)
+
+
+_KEPT: dict[tuple, list[torch.Tensor]] = {}
+
+
+def _kept(key: tuple, rows: int, make) -> torch.Tensor:
+    """The first ``rows`` rows of a buffer kept between calls under ``key`` (``make(rows)`` makes
+    one): the passes only read these, and a fresh one would cost its fill every call. A kept
+    buffer is never freed, since a captured CUDA graph may read it; one made during capture is not
+    kept, since capture does not run its fill."""
+    kept = _KEPT.setdefault(key, [])
+    buf = next((b for b in kept if b.shape[0] >= rows), None)
     if buf is None:
-        buf = torch.zeros(x.numel(), dtype=x.dtype, device=x.device)
-        if not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        buf = make(rows)
+        if not (buf.is_cuda and torch.cuda.is_current_stream_capturing()):
             kept.append(buf)
-    return buf[:x.numel()].view(x.shape)
+    return buf[:rows]
 
 
-def split_forward(forward, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor):
+def kept_zeros(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """A zero tensor of ``shape``, from kept buffers (_kept)."""
+    rows = math.prod(shape)
+    return _kept(("zeros", device, dtype), rows, lambda r: torch.zeros(r, dtype=dtype, device=device)).view(shape)
+
+
+def kept_identity(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """Identity matrices [..., K, K] of ``shape``, from kept buffers (_kept)."""
+    K, rows = shape[-1], math.prod(shape[:-2])
+    make = lambda r: torch.eye(K, dtype=dtype, device=device).expand(r, K, K).contiguous()  # noqa: E731
+    return _kept(("identity", device, dtype, K), rows, make).view(shape)
+
+
+def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor):
     """o (written into ``o`` [tokens, HV, V]) and the final states [N, HV, K, V] of the packed call,
-    segment-parallel over ``slots`` (plan_slots). v: [tokens, HV, V]; h0: [N, HV, K, V] or None.
-    The states, transitions and chain are in h0's dtype (fp32 without h0; the kernels' state dtype).
+    segment-parallel over ``slots`` (plan_slots or run_planner). v: [tokens, HV, V]; h0:
+    [N, HV, K, V] or None. The states, transitions and chain are in h0's dtype (fp32 without h0;
+    the kernels' state dtype).
 
     forward(v, h0, start, end, o) -> final runs the packed forward over the token ranges
     [start_i, end_i) (int32 [S]) from h0 [S, HV, K, V], writes o's rows of those ranges and returns
-    the end states [S, HV, K, V]; an empty range returns its h0."""
+    the end states [S, HV, K, V] (a fresh tensor); an empty range returns its h0.
+    chain(states, transition, exact, h0) is chain_reference or the cp_chain kernel (same arguments)."""
     P, N = slots.start.shape
     HV, V = v.shape[1:]
     K = V if h0 is None else h0.shape[2]
     if K != V:
         raise ValueError(f"split_forward measures the K×K transition with a K-wide state pass, so it needs "
                          f"K = V, got K={K}, V={V}")
-    dtype = torch.float32 if h0 is None else h0.dtype
+    dtype, device = (torch.float32 if h0 is None else h0.dtype), v.device
     flat = lambda x: x.reshape(P * N)  # noqa: E731  slot p of sequence n is range p·N + n
     scratch = torch.empty_like(o)  # the summary passes' outputs, never read
-    zeros = torch.zeros(P * N, HV, K, V, dtype=dtype, device=v.device)
-    warm = forward(v, zeros, flat(slots.window_start), flat(slots.start), scratch).view(P, N, HV, K, V)
-    exact = slots.exact[..., None, None, None]
-    eye = (torch.eye(K, dtype=dtype, device=v.device) * exact).expand(P, N, HV, K, K)  # zero if not exact
-    transition = forward(zeros_like_kept(v), eye.reshape(P * N, HV, K, K).contiguous(),
-                         flat(torch.where(slots.exact, slots.window_start, slots.start)), flat(slots.start),
-                         scratch).view(P, N, HV, K, K)
-    starts = torch.empty(P, N, HV, K, V, dtype=dtype, device=v.device)
-    starts[0] = 0 if h0 is None else h0
-    for p in range(1, P):
-        torch.baddbmm(warm[p].view(N * HV, K, V), transition[p].view(N * HV, K, K),
-                      starts[p - 1].view(N * HV, K, V), out=starts[p].view(N * HV, K, V))
-    finals = forward(v, starts.view(P * N, HV, K, V), flat(slots.start), flat(slots.end), o).view(P, N, HV, K, V)
-    # a sequence's non-empty slots come first: its last one holds its final state
-    return finals[(slots.end > slots.start).long().sum(0) - 1, torch.arange(N, device=v.device)]
+    states = forward(v, kept_zeros((P * N, HV, K, V), dtype, device), flat(slots.window_start), flat(slots.start),
+                     scratch)
+    # non-exact ranges are empty: their "transition" is the identity they start from, which the chain skips
+    transition = forward(kept_zeros(v.shape, v.dtype, device), kept_identity((P * N, HV, K, K), dtype, device),
+                         flat(slots.transition_start), flat(slots.start), scratch)
+    chain(states, transition, slots.exact, kept_zeros((N, HV, K, V), dtype, device) if h0 is None else h0)
+    finals = forward(v, states, flat(slots.start), flat(slots.end), o)
+    return finals.index_select(0, slots.final_slot)

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from gdnc.cp import plan_slots, split_forward
+from gdnc.cp import run_planner, split_forward
 from gdnc.emit.build import compile_all
 from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
@@ -131,7 +131,7 @@ def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: Split
 
 
 class PrepareArgs(NamedTuple):
-    """gdn_prepare's arguments in its order: packed inputs, the chunk layout, its two outputs."""
+    """gdn_prepare's arguments in its order: packed inputs, the chunk layout, its three outputs."""
 
     k: torch.Tensor  # [B·T, H, K]
     g: torch.Tensor  # [B·T, HV] fp32
@@ -140,6 +140,7 @@ class PrepareArgs(NamedTuple):
     chunk_index: torch.Tensor  # [chunks, 2] int32
     a_free: torch.Tensor  # [B·T, HV, C], written by the kernel
     l2_gate: torch.Tensor  # [B·T, HV] fp32, written by the kernel
+    contracts: torch.Tensor  # [B·T, HV] fp32, written at each chunk's first row (1.0: every transition non-expansive)
 
 
 def output_allocator(device, poison: bool):
@@ -157,7 +158,7 @@ def prepare_args(k, g, beta, s, cu_seqlens, empty) -> PrepareArgs:
     return PrepareArgs(k.reshape(tokens, s.H, s.K).contiguous(), g.reshape(tokens, s.HV).float().contiguous(),
                        beta.reshape(tokens, s.HV).float().contiguous(), cu_seqlens,
                        chunk_index(cu_seqlens, tokens), empty(tokens, s.HV, CHUNK, dt=k.dtype),
-                       empty(tokens, s.HV, dt=torch.float32))
+                       empty(tokens, s.HV, dt=torch.float32), empty(tokens, s.HV, dt=torch.float32))
 
 
 def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqlens,
@@ -188,8 +189,9 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if plan.split:
-        slots = plan_slots(cu, prep.l2_gate, prep.k, prep.beta, plan, split, CHUNK)
-        final_state = split_forward(forward, v_packed, h0, slots, o)
+        # six launches, no host sync: cp_plan, the three forward passes, cp_chain and one gather of the finals
+        slots = run_planner(compiled["cp_plan"], cu, prep.l2_gate, prep.contracts, plan, split, CHUNK)
+        final_state = split_forward(forward, compiled["cp_chain"], v_packed, h0, slots, o)
     else:
         if h0 is None:
             h0 = torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)

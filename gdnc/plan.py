@@ -16,6 +16,7 @@ import math
 
 from gdnc.emit.config import DEFAULT_REGISTERS
 
+MAX_WARMUP_CHUNKS = 32  # cp_plan keeps whether each window is usable as a bit of one 32-bit word
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,9 @@ class SplitConfig:
         if self.min_segment_chunks < 1 or self.max_warmup_chunks < 1:
             raise ValueError(f"SplitConfig.min_segment_chunks and max_warmup_chunks must be >= 1, got "
                              f"{self.min_segment_chunks}, {self.max_warmup_chunks}")
+        if self.max_warmup_chunks > MAX_WARMUP_CHUNKS:
+            raise ValueError(f"SplitConfig.max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS} (the planner "
+                             f"kernel's window mask), got {self.max_warmup_chunks}")
         if not self.tau < 0:
             raise ValueError(f"SplitConfig.tau must be negative (a log-space decay), got {self.tau}")
 

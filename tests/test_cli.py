@@ -36,7 +36,8 @@ def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
     assert main(["check", "gdn", "--T", "130", "--heads", "2/8"]) == 0
     out = capsys.readouterr().out
-    assert "PASS gdn_prepare 2/8: built for sm_90a" in out and "PASS gdn_forward 2/8: built for sm_90a" in out
+    for name in ("gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"):
+        assert f"PASS {name} 2/8: built for sm_90a" in out
     if not torch.cuda.is_available():
         assert "no Hopper GPU here" in out
     assert main(["check", "kda", "--T", "70"]) == 0
@@ -51,9 +52,9 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
     start = time.perf_counter()
     assert main(["build", "2/8", "--workers", "2"]) == 0
     first = time.perf_counter() - start
-    assert "[3/3] 2/8" in capsys.readouterr().out  # the prepare kernel and two forward configs
+    assert "[5/5] 2/8" in capsys.readouterr().out  # two forward configs, and prepare, cp_plan, cp_chain once
     sources = list(tmp_path.glob("*/sources/*/*.py"))
-    assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward"}
+    assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
     start = time.perf_counter()
     assert main(["build", "2/8", "--workers", "2"]) == 0
     assert time.perf_counter() - start < first  # compiled kernels come from the cache

@@ -1,13 +1,14 @@
 """Context parallelism's device-side driver (gdnc.cp) on CPU, with the chunked reference as its
 packed forward: exact where it chains, within the shortcut's bound where it warms up."""
 import math
+import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gdnc
-from gdnc.cp import non_expansive, plan_slots, split_forward
+from gdnc.cp import chain_reference, non_expansive, plan_slots, split_forward
 from gdnc.plan import ForwardPlan, SplitConfig
 from gdnc.reference.chunked import chunked
 from gdnc.reference.compare import relative_error
@@ -40,6 +41,17 @@ def log2_gate(g, cu, chunk=64):
     return out
 
 
+def chunk_contracts(k, beta, cu, chunk=64):
+    """gdn_prepare's contracts [tokens, HV]: at each chunk's first row 1.0 if every token of the
+    chunk has a non-expansive transition, else 0.0; NaN on the other rows, which are never read."""
+    ok = non_expansive(k, beta)
+    out = torch.full(beta.shape, float("nan"), dtype=torch.float32)
+    for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        for c in range(a, b, chunk):
+            out[c] = ok[c:min(c + chunk, b)].all(0).float()
+    return out
+
+
 def reference_forward(q, k, g, beta):
     """The chunked reference as split_forward's packed forward over token ranges."""
     def forward(v, h0, start, end, o):
@@ -61,9 +73,9 @@ def unsplit(q, k, v, g, beta, h0, cu):
 
 def run_split(q, k, v, g, beta, h0, cu, segment_len, config=SplitConfig()):
     plan = ForwardPlan(64, segment_len, -(-q.shape[0] // segment_len))
-    slots = plan_slots(cu, log2_gate(g, cu), k, beta, plan, config)
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan, config)
     o = torch.full_like(v, float("nan"))
-    final = split_forward(reference_forward(q, k, g, beta), v, h0, slots, o)
+    final = split_forward(reference_forward(q, k, g, beta), chain_reference, v, h0, slots, o)
     return o, final, slots
 
 
@@ -74,7 +86,7 @@ def test_exact_chain_where_a_head_does_not_decay(segment_len, gen):
     o, final, slots = run_split(*case, segment_len)
     o_ref, ht_ref = unsplit(*case)
     chained = slots.start[1:] < slots.end[1:]
-    assert chained.any() and torch.equal(slots.exact[1:], chained)
+    assert chained.any() and torch.equal(slots.exact[1:], chained.int())
     assert relative_error(o, o_ref) <= 1e-10 and relative_error(final, ht_ref) <= 1e-10
 
 
@@ -103,14 +115,14 @@ def test_expanding_transitions_are_chained_exactly(gen):
     assert not bool(non_expansive(k, beta).all())
     o, final, slots = run_split(q, k, v, g, beta, h0, cu, 128)
     o_ref, ht_ref = unsplit(q, k, v, g, beta, h0, cu)
-    assert torch.equal(slots.exact[1:], slots.start[1:] < slots.end[1:])
+    assert torch.equal(slots.exact[1:], (slots.start[1:] < slots.end[1:]).int())
     assert relative_error(o, o_ref) <= 1e-10 and relative_error(final, ht_ref) <= 1e-10
 
 
 def test_windows_longer_than_allowed_fall_back_to_the_chain(gen):
     case = packed_case(gen)
     _, _, slots = run_split(*case, 128, SplitConfig(tau=-1e6, max_warmup_chunks=2))
-    assert torch.equal(slots.exact[1:], slots.start[1:] < slots.end[1:])
+    assert torch.equal(slots.exact[1:], (slots.start[1:] < slots.end[1:]).int())
 
 
 def test_slots_cover_every_token_once(gen):
@@ -118,7 +130,8 @@ def test_slots_cover_every_token_once(gen):
     *_, cu = packed_case(gen)
     g = torch.full((int(cu[-1]), 4), -1.0, dtype=torch.float64)
     k = F.normalize(torch.randn(int(cu[-1]), 2, 16, generator=gen, dtype=torch.float64), dim=-1)
-    slots = plan_slots(cu, log2_gate(g, cu), k, torch.rand(int(cu[-1]), 4, generator=gen), ForwardPlan(64, 128, 6))
+    beta = torch.rand(int(cu[-1]), 4, generator=gen, dtype=torch.float64)
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), ForwardPlan(64, 128, 6))
     covered = torch.zeros(int(cu[-1]), dtype=torch.int32)
     for a, b in zip(slots.start.flatten().tolist(), slots.end.flatten().tolist()):
         covered[a:b] += 1
@@ -138,18 +151,93 @@ def test_only_the_windows_transitions_are_checked(gen):
     assert not run_split(q, k, v, g, beta, h0, cu, 128)[2].exact.any()
     beta[b - 5, 1] = 3.0
     o, final, slots = run_split(q, k, v, g, beta, h0, cu, 128)
-    assert bool(slots.exact[1, 0]) and int(slots.exact.sum()) == 1
+    assert slots.exact[1, 0] == 1 and int(slots.exact.sum()) == 1
     o_ref, ht_ref = unsplit(q, k, v, g, beta, h0, cu)
     assert relative_error(o, o_ref) <= 1e-4 and relative_error(final, ht_ref) <= 1e-4
 
 
-def test_kept_zeros_grow_without_freeing():
-    """A captured graph may still read an older, smaller buffer: growing keeps it alive."""
-    from gdnc.cp import _ZEROS, zeros_like_kept
+def test_an_empty_sequence_ends_in_its_initial_state(gen):
+    """A length-0 sequence (the op's argument check refuses one, but not during graph capture): all
+    its slots are empty and its final state is slot 0's start state, h0; the others are unchanged."""
+    lengths = [450, 0, 63, 200]
+    q, k, v, g, beta, h0, cu = packed_case(gen, lengths)
+    o, final, slots = run_split(q, k, v, g, beta, h0, cu, 128)
+    assert int(slots.final_slot[1]) == 1 and torch.equal(final[1], h0[1])
+    kept = [0, 2, 3]
+    o_ref, ht_ref = unsplit(q, k, v, g, beta, h0[kept], torch.tensor([0, 450, 513, 713], dtype=torch.int32))
+    assert relative_error(o, o_ref) <= 1e-10 and relative_error(final[kept], ht_ref) <= 1e-10
 
-    _ZEROS.clear()
-    small = zeros_like_kept(torch.ones(3, 2))
-    large = zeros_like_kept(torch.ones(5, 4))
-    again = zeros_like_kept(torch.ones(2, 2))
+
+def test_plan_outputs_for_the_passes(gen):
+    """transition_start opens a range only at exact slots; final_slot is the last non-empty slot."""
+    q, k, v, g, beta, h0, cu = packed_case(gen, gates="mixed")
+    plan = ForwardPlan(64, 128, 6)
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan)
+    exact = slots.exact.bool()
+    assert exact.any() and not exact.all()
+    assert torch.equal(slots.transition_start[exact], slots.window_start[exact])
+    assert torch.equal(slots.transition_start[~exact], slots.start[~exact])
+    N = len(LENGTHS)
+    last = torch.tensor([-(-n // 128) - 1 for n in LENGTHS])
+    assert torch.equal(slots.final_slot, last * N + torch.arange(N))
+    assert slots.final_slot.dtype == torch.int64
+
+
+def test_chain_reference_is_the_recurrence(gen):
+    """states[p] = warm[p] + M_p states[p − 1] where exact, warm[p] elsewhere; states[0] = h0."""
+    P, N, HV, K = 4, 2, 3, 5
+    warm = torch.randn(P * N, HV, K, K, generator=gen, dtype=torch.float64)
+    transition = torch.randn(P * N, HV, K, K, generator=gen, dtype=torch.float64)
+    exact = torch.tensor([[0, 0], [1, 0], [1, 1], [0, 1]], dtype=torch.int32)
+    h0 = torch.randn(N, HV, K, K, generator=gen, dtype=torch.float64)
+    states = warm.clone()
+    chain_reference(states, transition, exact, h0)
+    for n in range(N):
+        expected = h0[n]
+        assert torch.equal(states[n], expected)
+        for p in range(1, P):
+            i = p * N + n
+            expected = warm[i] + (transition[i] @ expected if exact[p, n] else 0)
+            assert torch.allclose(states[i], expected, rtol=1e-12, atol=0)
+
+
+def test_warmup_windows_are_limited_by_the_planner_kernel():
+    from gdnc.plan import MAX_WARMUP_CHUNKS
+
+    SplitConfig(max_warmup_chunks=MAX_WARMUP_CHUNKS).check()
+    with pytest.raises(ValueError, match=f"max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS}"):
+        SplitConfig(max_warmup_chunks=MAX_WARMUP_CHUNKS + 1).check()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 48), (16, 64)])
+def test_cp_kernels_lower_and_build(h_qk, h_v, tmp_path, monkeypatch):
+    """cp_plan and cp_chain for sm_90a: no spills, the launch sizes they are written for (a thread
+    per head in whole warps; four warps), and the chain's product on CUDA cores, not tensor cores."""
+    from gdnc.emit.build import lower_cuda, nvcc_report
+    from gdnc.emit.config import Heads
+    from gdnc.emit.render import render
+
+    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
+    sources = render(GDN, Heads(h_qk, h_v))
+    reports = {name: nvcc_report(lower_cuda(sources[name], name, GDN.ir_hash)) for name in ("cp_plan", "cp_chain")}
+    for name, rep in reports.items():
+        assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"{name}: register spills {rep}"
+        assert not rep.wgmma and not rep.tma, name
+    assert reports["cp_plan"].launch_threads == 32 * -(-h_v // 32)
+    assert reports["cp_chain"].launch_threads == 128
+
+
+def test_kept_buffers_grow_without_freeing():
+    """A captured graph may still read an older, smaller buffer: growing keeps it alive."""
+    from gdnc.cp import _KEPT, kept_identity, kept_zeros
+
+    _KEPT.clear()
+    small = kept_zeros((3, 2), torch.float32, torch.device("cpu"))
+    large = kept_zeros((5, 4), torch.float32, torch.device("cpu"))
+    again = kept_zeros((2, 2), torch.float32, torch.device("cpu"))
     assert small.shape == (3, 2) and large.shape == (5, 4) and not small.any() and not large.any()
-    assert len(_ZEROS[(small.device, small.dtype)]) == 2 and again.data_ptr() == small.data_ptr()
+    assert len(_KEPT[("zeros", small.device, small.dtype)]) == 2 and again.data_ptr() == small.data_ptr()
+    eye = kept_identity((2, 3, 4, 4), torch.float64, torch.device("cpu"))
+    assert torch.equal(eye, torch.eye(4, dtype=torch.float64).expand(2, 3, 4, 4))
+    assert kept_identity((1, 3, 4, 4), torch.float64, torch.device("cpu")).data_ptr() == eye.data_ptr()

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 GDN = gdnc.get_variant("gdn")
+KERNELS = {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
 
 
 @pytest.fixture(autouse=True)
@@ -28,12 +29,13 @@ def cache_dir(tmp_path_factory, monkeypatch):
 @pytest.mark.parametrize("h_qk,h_v", BENCH_HEADS)
 def test_render_is_python_with_the_header(h_qk, h_v):
     sources = render(GDN, Heads(h_qk, h_v))
-    assert set(sources) == {"gdn_prepare", "gdn_forward"}
+    assert set(sources) == KERNELS
     for name, src in sources.items():
         ast.parse(src)
         assert GDN.ir_hash in src and GDN.equation() in src
         assert f"heads:      Heads(h_qk={h_qk}, h_v={h_v}" in src
-        assert "decay_mask(l; base=2, mode=inclusive)" in src  # the rewritten program, in the header
+        # the rewritten program, in the header of the kernels made from it (context parallelism's are not)
+        assert ("decay_mask(l; base=2, mode=inclusive)" in src) == name.startswith("gdn_")
     assert "block_v=64" in sources["gdn_forward"]
 
 
@@ -85,15 +87,17 @@ def test_config_checks():
         Heads(2, 4, dtype="float32")
     with pytest.raises(ValueError, match="inverse must be 'substitution' or 'blocked'"):
         PrepareConfig(inverse="tf32").check(Heads(2, 4))
-    with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 \(5 or more spill\), got 5"):
+    with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 .* got 5 for 'blocked'"):
         PrepareConfig(ctas_per_sm=5).check(Heads(2, 4))
+    with pytest.raises(ValueError, match=r"1\.\.3 for the substitution .* got 4 for 'substitution'"):
+        PrepareConfig(ctas_per_sm=4, inverse="substitution").check(Heads(2, 4))
 
 
 def test_templates_go_by_the_math_not_the_name():
     from gdnc.ir import Input
 
     renamed = GDN.replace(name="my_gdn")
-    assert set(render(renamed, Heads(2, 8))) == {"gdn_prepare", "gdn_forward"}
+    assert set(render(renamed, Heads(2, 8))) == KERNELS
     h, beta = Input("h"), Input("beta")
     other_gate = GDN.replace(update=gdnc.exp(h) * (gdnc.I - beta * gdnc.k * gdnc.k.T) * gdnc.S
                              + beta * gdnc.k * gdnc.v.T)

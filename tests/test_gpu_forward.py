@@ -186,3 +186,107 @@ def test_every_prepare_inverse(inverse, monkeypatch):
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)
+
+
+from gdnc.plan import SplitConfig  # noqa: E402  (context parallelism's kernels, below)
+
+
+def prepared(lengths, h_qk, h_v, gates):
+    """gdn_prepare's outputs (l2_gate, contracts) on fresh inputs packed as ``lengths`` (a length 0
+    allowed: the kernels are called directly, not through the op's argument check), and the
+    compiled kernels. β ‖k‖² > 2 in the chunk just before token 2048 (a boundary at segments of 256
+    and of 2048), so that boundary is exact whatever the gates."""
+    from gdnc.emit.config import Heads
+    from gdnc.ops import kernels, output_allocator, prepare_args
+    from gdnc.reference.problem import Shapes
+
+    T = sum(lengths)
+    q, k, v, g, beta, _ = inputs(T, h_qk, h_v, gates=gates, h0=False)
+    beta[0, 2048 - 64:2048] *= 3.0
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    s = Shapes(1, T, h_qk, 128, h_v, 128, None, 128 ** -0.5, len(lengths))
+    compiled = kernels(Heads(h_qk, h_v))
+    prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=True))
+    compiled["gdn_prepare"](*prep)
+    return compiled, cu, prep
+
+
+@pytest.mark.parametrize("config", [SplitConfig(), SplitConfig(tau=-40.0, max_warmup_chunks=3),
+                                    SplitConfig(tau=-300.0, max_warmup_chunks=32)])
+@pytest.mark.parametrize("gates", ["normal", "strong", "mixed"])
+@pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 48)])
+def test_planner_kernel_equals_the_reference_planner(h_qk, h_v, gates, config):
+    """cp_plan against the torch reference planner (gdnc.cp.plan_slots) on gdn_prepare's outputs,
+    bit for bit, every output: varlen with length-0 and length-1 sequences and tails, segments of
+    256 tokens (windows of up to 4 chunks) and of 2048 (up to 32)."""
+    from gdnc.cp import plan_slots, run_planner
+
+    lengths = [5000, 1, 0, 63, 3000, 64]
+    compiled, cu, prep = prepared(lengths, h_qk, h_v, gates)
+    T = sum(lengths)
+    for segment_len in (256, 2048):
+        plan = ForwardPlan(64, segment_len, -(-T // segment_len))
+        got = run_planner(compiled["cp_plan"], cu, prep.l2_gate, prep.contracts, plan, config)
+        want = plan_slots(cu, prep.l2_gate, prep.contracts, plan, config)
+        for name, x, y in zip(got._fields, got, want):
+            assert x.dtype == y.dtype and torch.equal(x, y), f"{name} (segment_len {segment_len}):\n{x}\n{y}"
+        chained = want.start[1:] < want.end[1:]
+        exact = want.exact[1:].bool()
+        if gates == "mixed" or (gates == "normal" and config.tau == -300.0 and segment_len == 256):
+            assert torch.equal(exact, chained)  # no window reaches τ: g = 0 heads, or -300 in 4 chunks
+        elif gates == "strong":
+            assert int(want.exact.sum()) == 1  # only the expanding chunk's boundary
+        if gates == "normal" and config.tau == -300.0 and segment_len == 2048:
+            assert ((want.start - want.window_start)[1:][chained & ~exact] > 64 * 4).all()  # long windows
+
+
+@pytest.mark.parametrize("slots,sequences", [(7, 3), (300, 2)])
+def test_chain_kernel_equals_the_reference_chain(slots, sequences):
+    """cp_chain against gdnc.cp.chain_reference (fp32, no TF32): exact steps within fp32 rounding,
+    shortcut steps left exactly as warmed up, slot 0 exactly h0; 300 slots take three blocks of flags."""
+    from gdnc.cp import chain_reference
+    from gdnc.emit.config import Heads
+    from gdnc.ops import kernels
+    from gdnc.reference.compare import relative_error
+
+    HV, K = 8, 128
+    P, N = slots, sequences
+    warm = torch.randn(P * N, HV, K, K, device="cuda")
+    transition = torch.randn(P * N, HV, K, K, device="cuda") / (2 * K ** 0.5)  # spectral norm about 1
+    exact = (torch.rand(P, N, device="cuda") < 0.5).int()
+    exact[0] = 0
+    h0 = torch.randn(N, HV, K, K, device="cuda")
+    got, want = warm.clone(), warm.clone()
+    kernels(Heads(2, HV))["cp_chain"](got, transition, exact, h0)
+    chain_reference(want, transition, exact, h0)
+    torch.cuda.synchronize()
+    flat = exact.flatten().bool()
+    shortcut = ~flat
+    shortcut[:N] = False
+    assert torch.equal(got[:N], h0) and torch.equal(got[shortcut], warm[shortcut])
+    assert relative_error(got[flat], want[flat]) <= 1e-5
+
+
+def test_captured_split_call_with_an_empty_sequence(monkeypatch):
+    """A length-0 sequence passes the op during capture (its offsets are not read): split, its final
+    state is its h0, and every other output equals the op's without that sequence, bit for bit."""
+    import gdnc.ops
+
+    lengths = [5000, 0, 63, 3000]
+    T = sum(lengths)
+    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
+    q, k, v, g, beta, h0 = inputs(T, 2, 8, N=len(lengths))
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    call = lambda cu_, h0_: gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0_,  # noqa: E731
+                                                        output_final_state=True, cu_seqlens=cu_)
+    kept = [0, 2, 3]
+    cu_kept = torch.tensor([0, 5000, 5063, 8063], device="cuda", dtype=torch.int32)
+    o_ref, ht_ref = call(cu_kept, h0[kept].contiguous())  # also loads the kernels before capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o, ht = call(cu, h0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(ht[1], h0[1])
+    assert torch.equal(o, o_ref) and torch.equal(ht[kept], ht_ref)

@@ -40,16 +40,23 @@ class PrepareConfig:
     threads: CUDA threads per CTA (K Kᵀ on one warpgroup's wgmma; one thread per column of A in the
              substitution, one per row in the cumsum)
     ctas_per_sm: CTAs the register budget must let share an SM (__launch_bounds__'s minimum): the
-             substitution is one warp per scheduler per CTA, latency-bound, so occupancy is its speed
-    inverse: "substitution" (one thread per column of A, 2016 dependent updates each) or "blocked"
-             (16×16 diagonal blocks by substitution on 64 threads, then two merges of block pairs,
-             A21 = −A22 (L21 A11), on all threads; fp32 on CUDA cores either way)
+             substitution is one warp per scheduler per CTA, latency-bound, so occupancy is its speed.
+             None: 4 for "blocked" (114 registers), 3 for "substitution" (whose column of A in
+             registers spills at 4 since the kernel also writes the contraction flag)
+    inverse: "substitution" (one thread per column of A, 2016 dependent updates each, fp32) or
+             "blocked" (16×16 diagonal blocks by substitution on 64 threads, then the merges of block
+             pairs, A21 = −A22 (L21 A11), on all threads: width 16 on CUDA cores in fp32, width 32 on
+             tensor cores in TF32)
     """
 
     chunk: int = 64
     threads: int = 128
-    ctas_per_sm: int = 4
+    ctas_per_sm: int | None = None
     inverse: str = "blocked"
+
+    def __post_init__(self):
+        if self.ctas_per_sm is None:
+            object.__setattr__(self, "ctas_per_sm", 3 if self.inverse == "substitution" else 4)
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
@@ -60,9 +67,11 @@ class PrepareConfig:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
         if self.inverse not in ("substitution", "blocked"):
             raise ValueError(f"PrepareConfig.inverse must be 'substitution' or 'blocked', got {self.inverse!r}")
-        if not 1 <= self.ctas_per_sm <= 4:
-            # 5 CTAs leave 96 registers a thread, and the substitution's column of A spills (nvcc 13.0)
-            raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..4 (5 or more spill), got {self.ctas_per_sm}")
+        if not 1 <= self.ctas_per_sm <= (3 if self.inverse == "substitution" else 4):
+            # 5 CTAs leave 96 registers a thread and the blocked inverse spills, 4 the substitution's
+            # column of A (nvcc 13.0)
+            raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..4 for the blocked inverse, 1..3 for the "
+                             f"substitution (more spill), got {self.ctas_per_sm} for {self.inverse!r}")
 
 
 # setmaxnreg budgets (state, prepare, output, loader) that fit 4 warpgroups in the 64K-register file

@@ -15,13 +15,16 @@ from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
 from gdnc.ir.recurrence import Recurrence
 from gdnc.ir.symbols import sstr
 from gdnc.passes import Compiled, compile_programs
+from gdnc.plan import MAX_WARMUP_CHUNKS
 
 _ENV = jinja2.Environment(loader=jinja2.PackageLoader("gdnc", "templates"), undefined=jinja2.StrictUndefined,
                           keep_trailing_newline=True)
 
 KERNELS = {
-    "gdn_prepare": "per chunk, the gate-free inverse (K Kᵀ, then forward substitution) and the log2 gate cumsum",
+    "gdn_prepare": "per chunk, the gate-free inverse (K Kᵀ, then forward substitution), the log2 gate cumsum and whether every transition contracts",
     "gdn_forward": "the fused, warp-specialised forward over chunks with the state in registers",
+    "cp_plan": "context parallelism: every slot's token range and warm-up window, from l2_gate and contracts",
+    "cp_chain": "context parallelism: every slot's start state, chained in fp32 through the exact transitions",
 }
 
 
@@ -59,7 +62,8 @@ def check_gdn_shape(form: CanonicalForm, compiled: Compiled) -> None:
 
 def render(rec: Recurrence, heads: Heads, forward: ForwardConfig = ForwardConfig(),
            prepare: PrepareConfig = PrepareConfig()) -> dict[str, str]:
-    """{kernel name: TileLang Python source} for the recurrence's forward."""
+    """{kernel name: TileLang Python source} for the recurrence's forward: gdn_prepare and gdn_forward
+    from its chunk programs, and context parallelism's cp_plan and cp_chain (no chunk program)."""
     form = classify(rec)
     compiled = compile_programs(rec)
     check_gdn_shape(form, compiled)
@@ -67,12 +71,20 @@ def render(rec: Recurrence, heads: Heads, forward: ForwardConfig = ForwardConfig
     prepare.check(heads)
     programs = {"gdn_prepare": ("forward (the inverse's and the gate's part)", prepare),
                 "gdn_forward": ("forward", forward)}
+    if heads.v_dim % 32 or heads.k_dim % 16:
+        raise ValueError(f"cp_chain needs V a multiple of 32 (its V block) and K of 16 (its 16 row groups of "
+                         f"threads), got K={heads.k_dim}, V={heads.v_dim}")
+    common = dict(version=gdnc.__version__, equation=rec.equation(), ir_hash=rec.ir_hash, heads=heads,
+                  dtype=heads.dtype)
     sources = {}
     for kernel, (program_name, config) in programs.items():
-        context = dict(version=gdnc.__version__, equation=rec.equation(), ir_hash=rec.ir_hash, kernel=kernel,
-                       summary=KERNELS[kernel], heads=heads, config=config,
-                       program_name=program_name, dtype=heads.dtype,
-                       program_lines=str(compiled.forward.live()).splitlines())
-        context["config_text"] = describe(config)
-        sources[kernel] = _ENV.get_template(f"{kernel}.py.jinja").render(**context)
+        sources[kernel] = _ENV.get_template(f"{kernel}.py.jinja").render(
+            **common, kernel=kernel, summary=KERNELS[kernel], config=config, config_text=describe(config),
+            program_name=program_name, program_lines=str(compiled.forward.live()).splitlines())
+    # the same chunk as gdn_prepare's, so a window's chunks are the ones prepare summarised
+    cp_params = {"cp_plan": dict(chunk=prepare.chunk, max_window=MAX_WARMUP_CHUNKS), "cp_chain": {}}
+    for kernel, params in cp_params.items():
+        sources[kernel] = _ENV.get_template(f"{kernel}.py.jinja").render(
+            **common, **params, kernel=kernel, summary=KERNELS[kernel], program_lines=[],
+            config_text=", ".join(f"{k}={v}" for k, v in params.items()) or "none")
     return sources
