@@ -1,45 +1,80 @@
-"""Device time of every kernel in one gdnc op call, by torch.profiler (CUDA activity), per plan.
+"""Device time of every kernel in one forward call, by torch.profiler (CUDA activity), per shape.
 
-    python benchmarks/profile_op.py [--shape 2/8:32768] [--segment-len N] [--out F]
+    python benchmarks/profile_op.py [--shape 2/8:32768 ...] [--provider gdnc|FlashQLA ...]
+                                    [--segment-len N] [--pair-gates output|loader] [--out F]
+
+gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments) with the forward's default
+config (or --pair-gates); FlashQLA runs its own chunk_gated_delta_rule with its default intra-card
+CP, so the two breakdowns sit side by side. Each call is also timed as a CUDA-graph replay (median
+of 20) of one input set: shapes that fit in L2 then run from it, unlike in the benchmark, which
+rotates input sets.
 """
 import argparse
+import dataclasses
 import json
 import math
 import sys
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shape", default="2/8:32768", help="h_qk/h_v:len[+len...]")
-    parser.add_argument("--segment-len", type=int, default=None, help="force a split (0: unsplit); default: the plan")
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args(argv)
-
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
+def gdnc_call(inputs, shape, segment_len):
+    """A no-argument gdnc op call on inputs with the plan asked for, and that plan."""
     import gdnc
-    from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.emit.config import Heads
     from gdnc.ops import plan_for, run_kernels
     from gdnc.plan import ForwardPlan
     from gdnc.reference.problem import check_arguments
 
-    heads, lengths = args.shape.split(":")
-    hq, hv = map(int, heads.split("/"))
-    lengths = tuple(map(int, lengths.split("+")))
-    inputs = make_inputs(Shape(hq, hv, lengths), torch.Generator("cuda").manual_seed(0))
     q, k, v, g, beta, h0, cu = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state", "cu_seqlens"))
     s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=h0, cu_seqlens=cu,
                         inputs={"g": g, "beta": beta})
-    tokens = sum(lengths)
-    if args.segment_len is None:
-        plan = plan_for(Heads(hq, hv), tokens, len(lengths), q.device)
-    elif args.segment_len == 0:
+    tokens = sum(shape.seq_lens)
+    if segment_len is None:
+        plan = plan_for(Heads(shape.h_qk, shape.h_v), tokens, len(shape.seq_lens), q.device)
+    elif segment_len == 0:
         plan = ForwardPlan(64)
     else:
-        plan = ForwardPlan(64, args.segment_len, math.ceil(tokens / args.segment_len))
-    call = lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)  # noqa: E731
+        plan = ForwardPlan(64, segment_len, math.ceil(tokens / segment_len))
+    return (lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)), plan.__dict__
+
+
+def peer_call(inputs, provider):
+    from gdnc.bench.peers import load_providers
+
+    fn = next(p for p in load_providers(smoke_test=False) if p.name == provider).fn
+    if fn is None:
+        raise SystemExit(f"provider {provider!r} is not available here")
+    q, k, v, g, beta, h0, cu = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state", "cu_seqlens"))
+    return lambda: fn(q, k, v, g, beta, None, h0, True, cu)
+
+
+def graph_ms(call, replays=20):
+    """Median ms of one call replayed from a CUDA graph."""
+    import torch
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        call()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def kernel_times(call):
+    """[{kernel, calls, device_us}] of one call after three warm-up calls, costliest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
     for _ in range(3):
         call()
     torch.cuda.synchronize()
@@ -48,14 +83,51 @@ def main(argv=None):
         torch.cuda.synchronize()
     rows = [{"kernel": e.key, "calls": e.count, "device_us": e.device_time_total}
             for e in prof.key_averages() if e.device_time_total > 0]
-    rows.sort(key=lambda r: -r["device_us"])
-    print(f"{args.shape} plan {plan}: {sum(r['device_us'] for r in rows):.0f} µs of kernels")
-    for r in rows[:25]:
-        print(f"  {r['device_us']:9.1f} µs  x{r['calls']:<3d} {r['kernel'][:110]}")
+    return sorted(rows, key=lambda r: -r["device_us"])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--shape", nargs="+", default=["2/8:32768"], help="h_qk/h_v:len[+len...]")
+    parser.add_argument("--provider", nargs="+", default=["gdnc"], choices=["gdnc", "FlashQLA"])
+    parser.add_argument("--segment-len", type=int, default=None, help="gdnc: force a split (0: unsplit)")
+    parser.add_argument("--pair-gates", default=None, choices=["output", "loader"], help="gdnc: ForwardConfig.pair_gates")
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    import gdnc.ops
+    from gdnc.bench.shapes import Shape, make_inputs
+
+    if args.pair_gates:
+        gdnc.ops.DEFAULT_FORWARD = dataclasses.replace(gdnc.ops.DEFAULT_FORWARD, pair_gates=args.pair_gates)
+
+    runs = []
+    for text in args.shape:
+        heads, lengths = text.split(":")
+        hq, hv = map(int, heads.split("/"))
+        shape = Shape(hq, hv, tuple(map(int, lengths.split("+"))))
+        inputs = make_inputs(shape, torch.Generator("cuda").manual_seed(0))
+        for provider in args.provider:
+            plan = None
+            if provider == "gdnc":
+                call, plan = gdnc_call(inputs, shape, args.segment_len)
+            else:
+                call = peer_call(inputs, provider)
+            rows = kernel_times(call)
+            total = sum(r["device_us"] for r in rows)
+            replay = graph_ms(call)
+            print(f"{provider} {text} plan {plan}: {replay:.3f} ms a graph replay, {total:.0f} µs of kernels in "
+                  f"{sum(r['calls'] for r in rows)} launches")
+            for r in rows[:12]:
+                print(f"  {r['device_us']:9.1f} µs  x{r['calls']:<3d} {r['kernel'][:110]}")
+            runs.append({"provider": provider, "shape": text, "plan": plan, "graph_ms": replay, "total_us": total,
+                         "kernels": rows})
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "shape": args.shape, "plan": plan.__dict__,
-                       "kernels": rows}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(), "pair_gates": gdnc.ops.DEFAULT_FORWARD.pair_gates,
+                       "runs": runs}, f, indent=1)
     return 0
 
 

@@ -1,6 +1,7 @@
 """Where a chunk's time goes in the fused forward: the trace build of gdn_forward (ForwardConfig.trace)
 records the SM clock as each role of the first CTA passes its waits and GEMMs; this prints, per
-role, the median cycles between consecutive points and the median period per chunk.
+role, the median cycles between consecutive points, the median period per chunk, and when each
+point is passed relative to the state role's "stage full" of the same chunk.
 
     python benchmarks/trace_forward.py --compile-only   # fill the kernel cache (CPU is enough)
     python benchmarks/trace_forward.py [--out trace.json]   # on a Hopper GPU
@@ -22,16 +23,22 @@ POINTS = {
     "output": ["stage full", "Ŝ ready", "Q Ŝ", "P ready", "M formed, W ready", "M W", "O stored"],
     "loader": ["stage free", "TMA issued"],
 }
+# pair_gates="loader": loader warp 2 passes two more points (its gate ring)
+LOADER_GATE_POINTS = ["gates: buffer free", "gates ready"]
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pair-gates", default="output", choices=["output", "loader"])
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     # keyed by heads and width: two shapes of one head configuration may trace different widths
-    configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True) for hq, hv, _, _, bv in SHAPES}
+    configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True, pair_gates=args.pair_gates)
+               for hq, hv, _, _, bv in SHAPES}
+    role_points = dict(POINTS, loader=POINTS["loader"] + LOADER_GATE_POINTS) if args.pair_gates == "loader" \
+        else POINTS
     sources = {key + (name,): src for key, cfg in configs.items()
                for name, src in sources_for(Heads(*key[:2]), cfg).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
@@ -45,7 +52,8 @@ def main(argv=None):
     from gdnc.reference.problem import check_arguments
 
     clock_ghz = torch.cuda.get_device_properties(0).clock_rate / 1e6  # kHz -> GHz
-    report = {"device": torch.cuda.get_device_name(), "clock_ghz": clock_ghz, "shapes": []}
+    report = {"device": torch.cuda.get_device_name(), "clock_ghz": clock_ghz, "pair_gates": args.pair_gates,
+              "shapes": []}
     generator = torch.Generator("cuda").manual_seed(0)
     for hq, hv, n, t, bv in SHAPES:
         T = n * t
@@ -69,13 +77,19 @@ def main(argv=None):
         stamps = trace.cpu()
         steady = slice(chunks // 4, chunks)  # past the pipeline's fill
         shape = {"shape": f"{hq}/{hv} {n}x{t}", "block_v": bv, "roles": {}}
-        for role, (name, points) in enumerate(POINTS.items()):
+        for role, (name, points) in enumerate(role_points.items()):
             st = stamps[role, steady, :len(points)].double()
             steps = (st[:, 1:] - st[:, :-1]).median(0).values.tolist()
             period = (st[1:, 0] - st[:-1, 0]).median().item()
-            shape["roles"][name] = {"period_cycles": period, "steps_cycles": dict(zip(points[1:], steps))}
+            # when each point is passed, relative to the state role's "stage full" of the same chunk: which
+            # role is behind, and what the chain waits for
+            offsets = (st - stamps[0, steady, :1].double()).median(0).values.tolist()
+            shape["roles"][name] = {"period_cycles": period, "steps_cycles": dict(zip(points[1:], steps)),
+                                    "offsets_cycles": dict(zip(points, offsets))}
             print(f"{shape['shape']} bv={bv} {name:8s} period {period:7.0f} cyc ({period / clock_ghz / 1e3:.2f} µs): "
                   + ", ".join(f"{p} {c:.0f}" for p, c in zip(points[1:], steps)), flush=True)
+            print(" " * 22 + "at (from the state's stage full): "
+                  + ", ".join(f"{p} {c:+.0f}" for p, c in zip(points, offsets)), flush=True)
         report["shapes"].append(shape)
     if args.out:
         with open(args.out, "w") as f:

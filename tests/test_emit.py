@@ -105,17 +105,36 @@ def test_templates_go_by_the_math_not_the_name():
         render(other_gate, Heads(2, 8))
 
 
-def test_trace_points_only_in_the_trace_build():
-    plain = render(GDN, Heads(2, 8), ForwardConfig(block_v=32))["gdn_forward"]
-    traced = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, trace=True))["gdn_forward"]
+@pytest.mark.parametrize("pair_gates", ["output", "loader"])
+def test_trace_points_only_in_the_trace_build(pair_gates):
+    plain = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, pair_gates=pair_gates))["gdn_forward"]
+    traced = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, trace=True, pair_gates=pair_gates))["gdn_forward"]
     assert "mark(" not in plain and "trace" not in plain.split('"""')[2]  # not even the parameter
     ast.parse(traced)
-    sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d)\)", traced)
+    sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d), \d+\)", traced)
     assert len(sites) == len(set(sites))  # each point once
     # the points are numbered 0.. per role and named, one name each, by the script that reads them
     spec = importlib.util.spec_from_file_location("trace_forward", ROOT / "benchmarks" / "trace_forward.py")
     trace_forward = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trace_forward)
-    for role, names in trace_forward.POINTS.items():
+    points = dict(trace_forward.POINTS)
+    if pair_gates == "loader":
+        points["loader"] = points["loader"] + trace_forward.LOADER_GATE_POINTS
+    for role, names in points.items():
         assert sorted(int(e) for r, e in sites if r == role.upper()) == list(range(len(names))), role
     assert 'trace: T.Tensor((4, traced_chunks, 8), "int64")' in traced
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("block_v", [32, 64])
+def test_pair_gates_on_the_loader_lower_and_build(block_v):
+    """ForwardConfig(pair_gates="loader"): M's pair gates in a shared ring of their own, written by
+    loader warps 2 and 3; the default forms them in the output role and has neither."""
+    default = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v))["gdn_forward"]
+    source = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v, pair_gates="loader"))["gdn_forward"]
+    assert "pair_gates=loader" in source and "pair_gates=output" in default
+    for name in ("gate_in", "gate_ready", "gate_free"):
+        assert name in source.split('"""')[2] and name not in default.split('"""')[2]
+    rep = nvcc_report(lower_cuda(source, "gdn_forward", GDN.ir_hash))
+    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
+    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0

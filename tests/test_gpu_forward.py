@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import gdnc
 from gdnc.check import kernel_vs_reference
-from gdnc.emit.config import PrepareConfig
+from gdnc.emit.config import ForwardConfig, PrepareConfig
 from gdnc.plan import ForwardPlan
 
 pytestmark = pytest.mark.gpu
@@ -186,6 +186,23 @@ def test_every_prepare_inverse(inverse, monkeypatch):
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)
+
+
+@pytest.mark.parametrize("segment_len", [0, 256])
+@pytest.mark.parametrize("block_v", [32, 64])
+def test_pair_gates_on_the_loader(block_v, segment_len, monkeypatch):
+    """The forward with M's pair gates exponentiated by loader warps a chunk ahead
+    (ForwardConfig.pair_gates="loader"), unsplit and split, on varlen with length-1 sequences and a
+    tail, strong decay beside g = 0."""
+    import gdnc.ops
+
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    T = sum(lengths)
+    monkeypatch.setattr(gdnc.ops, "DEFAULT_FORWARD", ForwardConfig(block_v=block_v, pair_gates="loader"))
+    monkeypatch.setattr(gdnc.ops, "plan_for",
+                        lambda *_: ForwardPlan(block_v, segment_len, -(-T // segment_len) if segment_len else 1))
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    check(*inputs(T, 2, 8, N=len(lengths), gates="mixed"), cu=cu)
 
 
 from gdnc.plan import SplitConfig  # noqa: E402  (context parallelism's kernels, below)

@@ -93,12 +93,17 @@ class ForwardConfig:
     trace:     a profiling build: the kernel takes a trace [4, chunks, 8] int64 tensor and records
                the SM clock as each role of the first CTA passes its waits and GEMMs
                (benchmarks/trace_forward.py); the op never runs it
+    pair_gates: who exponentiates M's C² pair gates: "output" (the output role, in M's registers) or
+               "loader" (loader warps 2 and 3, a chunk ahead, into a 36 KB shared ring of their own,
+               with the stage released as soon as each role has read it). "loader" was slower on
+               the H200 in its first form (benchmarks/results/2026-12-03-h200-loader-gates/)
     """
 
     chunk: int = 64
     block_v: int = 64
     registers: tuple[int, int, int, int] | None = None
     trace: bool = False
+    pair_gates: str = "output"
 
     def __post_init__(self):
         if self.registers is None and self.block_v in DEFAULT_REGISTERS:
@@ -120,6 +125,8 @@ class ForwardConfig:
                              f"at most {LAUNCH_REGISTERS} (the launch count), got {regs}")
         if heads.k_dim != 128:
             raise ValueError(f"the forward kernel is written for K = 128, got K={heads.k_dim}")
+        if self.pair_gates not in ("output", "loader"):
+            raise ValueError(f"ForwardConfig.pair_gates must be 'output' or 'loader', got {self.pair_gates!r}")
 
 
 def describe(config) -> str:
