@@ -23,8 +23,9 @@ MAX_WARMUP_CHUNKS = 32  # cp_plan keeps whether each window is usable as a bit o
 class SplitConfig:
     """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
     min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
-    min_tokens: calls with fewer tokens are not split: the split's own launches (planning, warm-up,
-         transitions, chain; ≈ 0.15 ms on the H200) would eat what it saves.
+    min_tokens: calls with fewer tokens are not split. Measured when the split path cost ≈ 0.15 ms
+         of small launches; since cp_plan and cp_chain it costs ≈ 20 µs, so a lower threshold
+         likely pays (not yet measured: benchmarks/NOTES.md, 2026-12-03).
     max_sequences: calls with more sequences are not split: every sequence gets slots for all the
          tokens (the lengths are not read), and the CTAs of the empty ones cost more than a
          balanced batch gains.
