@@ -21,7 +21,7 @@ _ENV = jinja2.Environment(loader=jinja2.PackageLoader("gdnc", "templates"), unde
                           keep_trailing_newline=True)
 
 KERNELS = {
-    "gdn_prepare": "per chunk, the gate-free inverse (K Kᵀ, then forward substitution), the log2 gate cumsum and whether every transition contracts",
+    "gdn_prepare": "per chunk, the gate-free inverse (K Kᵀ, then substitution and block merges), the log2 gate cumsum and whether every transition contracts",
     "gdn_forward": "the fused, warp-specialised forward over chunks with the state in registers",
     "cp_plan": "context parallelism: every slot's token range and warm-up window, from l2_gate and contracts",
     "cp_chain": "context parallelism: every slot's start state, chained in fp32 through the exact transitions",
