@@ -5,9 +5,9 @@
 
 gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments) with the forward's default
 config (or --pair-gates); FlashQLA runs its own chunk_gated_delta_rule with its default intra-card
-CP, so the two breakdowns sit side by side. Each call is also timed as a CUDA-graph replay (median
-of 20) of one input set: shapes that fit in L2 then run from it, unlike in the benchmark, which
-rotates input sets.
+CP, so the two breakdowns sit side by side. Each call is also timed by the benchmark's
+time_calls (CUDA-graph replays, medians), on one input set: shapes that fit in L2 then run from it,
+unlike in the benchmark, which rotates input sets.
 """
 import argparse
 import dataclasses
@@ -47,29 +47,6 @@ def peer_call(inputs, provider):
     return lambda: fn(q, k, v, g, beta, None, h0, True, cu)
 
 
-def graph_ms(call, replays=20):
-    """Median ms of one call replayed from a CUDA graph."""
-    import torch
-
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        call()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def kernel_times(call):
     """[{kernel, calls, device_us}] of one call after three warm-up calls, costliest first."""
     import torch
@@ -99,6 +76,7 @@ def main(argv=None):
 
     import gdnc.ops
     from gdnc.bench.shapes import Shape, make_inputs
+    from gdnc.bench.timing import time_calls
 
     if args.pair_gates:
         gdnc.ops.DEFAULT_FORWARD = dataclasses.replace(gdnc.ops.DEFAULT_FORWARD, pair_gates=args.pair_gates)
@@ -117,12 +95,12 @@ def main(argv=None):
                 call = peer_call(inputs, provider)
             rows = kernel_times(call)
             total = sum(r["device_us"] for r in rows)
-            replay = graph_ms(call)
-            print(f"{provider} {text} plan {plan}: {replay:.3f} ms a graph replay, {total:.0f} µs of kernels in "
+            timing = time_calls([call])
+            print(f"{provider} {text} plan {plan}: {timing.ms:.3f} ms ({timing.method}), {total:.0f} µs of kernels in "
                   f"{sum(r['calls'] for r in rows)} launches")
             for r in rows[:12]:
                 print(f"  {r['device_us']:9.1f} µs  x{r['calls']:<3d} {r['kernel'][:110]}")
-            runs.append({"provider": provider, "shape": text, "plan": plan, "graph_ms": replay, "total_us": total,
+            runs.append({"provider": provider, "shape": text, "plan": plan, "timing": timing.as_dict(), "total_us": total,
                          "kernels": rows})
     if args.out:
         with open(args.out, "w") as f:

@@ -46,6 +46,11 @@ def report():
             json.dump({"meta": meta, "cases": RESULTS}, f, indent=1)
 
 
+def offsets(lengths):
+    """cu_seqlens [N + 1] int32 on the GPU for sequences of these lengths."""
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+
+
 def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=torch.bfloat16):
     dev = "cuda"
     q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
@@ -82,7 +87,7 @@ def test_forward_matches_reference(h_qk, h_v, T):
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 32), (16, 64)])
 def test_varlen_with_length_one_sequences(h_qk, h_v):
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     check(*inputs(sum(lengths), h_qk, h_v, N=len(lengths)), cu=cu)
 
 
@@ -105,7 +110,7 @@ def test_every_value_block_width(block_v, gates, monkeypatch):
 
     monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v))
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu)
 
 
@@ -138,7 +143,7 @@ def test_split_sequences(h_qk, h_v, gates, monkeypatch):
     lengths = [5000, 1, 63, 3000, 64]
     T = sum(lengths)
     monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     check(*inputs(T, h_qk, h_v, N=len(lengths), gates=gates), cu=cu)
 
 
@@ -147,7 +152,7 @@ def test_calls_are_captured_in_a_cuda_graph(lengths):
     """The op, split (2/8 at these lengths) or not, in a CUDA graph: replays equal eager calls
     bitwise, on the same and on fresh inputs written into the captured buffers."""
     T = sum(lengths)
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     q, k, v, g, beta, h0 = inputs(T, 2, 8, N=len(lengths))
     call = lambda: gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,  # noqa: E731
                                                cu_seqlens=cu)
@@ -184,7 +189,7 @@ def test_every_prepare_inverse(inverse, monkeypatch):
 
     monkeypatch.setattr(gdnc.ops, "DEFAULT_PREPARE", PrepareConfig(inverse=inverse))
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)
 
 
@@ -201,7 +206,7 @@ def test_pair_gates_on_the_loader(block_v, segment_len, monkeypatch):
     monkeypatch.setattr(gdnc.ops, "DEFAULT_FORWARD", ForwardConfig(block_v=block_v, pair_gates="loader"))
     monkeypatch.setattr(gdnc.ops, "plan_for",
                         lambda *_: ForwardPlan(block_v, segment_len, -(-T // segment_len) if segment_len else 1))
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     check(*inputs(T, 2, 8, N=len(lengths), gates="mixed"), cu=cu)
 
 
@@ -220,7 +225,7 @@ def prepared(lengths, h_qk, h_v, gates):
     T = sum(lengths)
     q, k, v, g, beta, _ = inputs(T, h_qk, h_v, gates=gates, h0=False)
     beta[0, 2048 - 64:2048] *= 3.0
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     s = Shapes(1, T, h_qk, 128, h_v, 128, None, 128 ** -0.5, len(lengths))
     compiled = kernels(Heads(h_qk, h_v))
     prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=True))
@@ -293,7 +298,7 @@ def test_captured_split_call_with_an_empty_sequence(monkeypatch):
     T = sum(lengths)
     monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
     q, k, v, g, beta, h0 = inputs(T, 2, 8, N=len(lengths))
-    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+    cu = offsets(lengths)
     call = lambda cu_, h0_: gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0_,  # noqa: E731
                                                         output_final_state=True, cu_seqlens=cu_)
     kept = [0, 2, 3]

@@ -32,6 +32,11 @@ class Heads:
         return self.h_v // self.h_qk
 
 
+# the most gdn_prepare CTAs per SM before ptxas spills (nvcc 13.0): 5 leave 96 registers a thread
+# and the blocked inverse spills, 4 leave 128 and the substitution's column of A spills
+MAX_PREPARE_CTAS_PER_SM = {"blocked": 4, "substitution": 3}
+
+
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
     """Per chunk and value head: the gate-free inverse A = (I + StrictLower(diag(β) K Kᵀ))⁻¹ and
@@ -41,8 +46,8 @@ class PrepareConfig:
              substitution, one per row in the cumsum)
     ctas_per_sm: CTAs the register budget must let share an SM (__launch_bounds__'s minimum): the
              substitution is one warp per scheduler per CTA, latency-bound, so occupancy is its speed.
-             None: 4 for "blocked" (114 registers), 3 for "substitution" (whose column of A in
-             registers spills at 4 since the kernel also writes the contraction flag)
+             None: the most that do not spill (MAX_PREPARE_CTAS_PER_SM; the blocked inverse takes
+             114 registers)
     inverse: "substitution" (one thread per column of A, 2016 dependent updates each, fp32) or
              "blocked" (16×16 diagonal blocks by substitution on 64 threads, then the merges of block
              pairs, A21 = −A22 (L21 A11), on all threads: width 16 on CUDA cores in fp32, width 32 on
@@ -56,7 +61,8 @@ class PrepareConfig:
 
     def __post_init__(self):
         if self.ctas_per_sm is None:
-            object.__setattr__(self, "ctas_per_sm", 3 if self.inverse == "substitution" else 4)
+            # stays None for an unknown inverse, which check() refuses
+            object.__setattr__(self, "ctas_per_sm", MAX_PREPARE_CTAS_PER_SM.get(self.inverse))
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
@@ -67,11 +73,11 @@ class PrepareConfig:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
         if self.inverse not in ("substitution", "blocked"):
             raise ValueError(f"PrepareConfig.inverse must be 'substitution' or 'blocked', got {self.inverse!r}")
-        if not 1 <= self.ctas_per_sm <= (3 if self.inverse == "substitution" else 4):
-            # 5 CTAs leave 96 registers a thread and the blocked inverse spills, 4 the substitution's
-            # column of A (nvcc 13.0)
-            raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..4 for the blocked inverse, 1..3 for the "
-                             f"substitution (more spill), got {self.ctas_per_sm} for {self.inverse!r}")
+        if not 1 <= self.ctas_per_sm <= MAX_PREPARE_CTAS_PER_SM[self.inverse]:
+            most = MAX_PREPARE_CTAS_PER_SM
+            raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..{most['blocked']} for the blocked inverse, "
+                             f"1..{most['substitution']} for the substitution (more spill), got {self.ctas_per_sm} "
+                             f"for {self.inverse!r}")
 
 
 # setmaxnreg budgets (state, prepare, output, loader) that fit 4 warpgroups in the 64K-register file
