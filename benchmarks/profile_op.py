@@ -1,22 +1,21 @@
 """Device time of every kernel in one forward call, by torch.profiler (CUDA activity), per shape.
 
     python benchmarks/profile_op.py [--shape 2/8:32768 ...] [--provider gdnc|FlashQLA ...]
-                                    [--segment-len N] [--pair-gates output|loader] [--out F]
+                                    [--segment-len N] [--block-v BV] [--forward KEY=VALUE ...] [--out F]
 
-gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments) with the forward's default
-config (or --pair-gates); FlashQLA runs its own chunk_gated_delta_rule with its default intra-card
+gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments, at --block-v) with the forward's
+default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader); FlashQLA runs its own chunk_gated_delta_rule with its default intra-card
 CP, so the two breakdowns sit side by side. Each call is also timed by the benchmark's
 time_calls (CUDA-graph replays, medians), on one input set: shapes that fit in L2 then run from it,
 unlike in the benchmark, which rotates input sets.
 """
 import argparse
-import dataclasses
 import json
 import math
 import sys
 
 
-def gdnc_call(inputs, shape, segment_len):
+def gdnc_call(inputs, shape, segment_len, block_v):
     """A no-argument gdnc op call on inputs with the plan asked for, and that plan."""
     import gdnc
     from gdnc.emit.config import Heads
@@ -31,9 +30,9 @@ def gdnc_call(inputs, shape, segment_len):
     if segment_len is None:
         plan = plan_for(Heads(shape.h_qk, shape.h_v), tokens, len(shape.seq_lens), q.device)
     elif segment_len == 0:
-        plan = ForwardPlan(64)
+        plan = ForwardPlan(block_v)
     else:
-        plan = ForwardPlan(64, segment_len, math.ceil(tokens / segment_len))
+        plan = ForwardPlan(block_v, segment_len, math.ceil(tokens / segment_len))
     return (lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)), plan.__dict__
 
 
@@ -68,7 +67,9 @@ def main(argv=None):
     parser.add_argument("--shape", nargs="+", default=["2/8:32768"], help="h_qk/h_v:len[+len...]")
     parser.add_argument("--provider", nargs="+", default=["gdnc"], choices=["gdnc", "FlashQLA"])
     parser.add_argument("--segment-len", type=int, default=None, help="gdnc: force a split (0: unsplit)")
-    parser.add_argument("--pair-gates", default=None, choices=["output", "loader"], help="gdnc: ForwardConfig.pair_gates")
+    parser.add_argument("--block-v", type=int, default=128, help="gdnc: the V block of a forced plan")
+    parser.add_argument("--forward", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="gdnc: ForwardConfig fields (gdnc.ops.FORWARD_OPTIONS)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -78,8 +79,7 @@ def main(argv=None):
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
 
-    if args.pair_gates:
-        gdnc.ops.DEFAULT_FORWARD = dataclasses.replace(gdnc.ops.DEFAULT_FORWARD, pair_gates=args.pair_gates)
+    gdnc.ops.FORWARD_OPTIONS = dict(item.split("=", 1) for item in args.forward)
 
     runs = []
     for text in args.shape:
@@ -90,7 +90,7 @@ def main(argv=None):
         for provider in args.provider:
             plan = None
             if provider == "gdnc":
-                call, plan = gdnc_call(inputs, shape, args.segment_len)
+                call, plan = gdnc_call(inputs, shape, args.segment_len, args.block_v)
             else:
                 call = peer_call(inputs, provider)
             rows = kernel_times(call)
@@ -104,7 +104,7 @@ def main(argv=None):
                          "kernels": rows})
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "pair_gates": gdnc.ops.DEFAULT_FORWARD.pair_gates,
+            json.dump({"device": torch.cuda.get_device_name(), "forward_options": gdnc.ops.FORWARD_OPTIONS,
                        "runs": runs}, f, indent=1)
     return 0
 

@@ -1,5 +1,5 @@
 """Time gdnc's forward over a few plans per shape (a tuning probe, not the peer benchmark): the
-default plan (gdnc.plan), unsplit at both V blocks, and split at several segment lengths.
+default plan (gdnc.plan), unsplit at every V block, and split at several segment lengths at the two widest.
 
     python benchmarks/sweep_forward.py --compile-only   # fill the kernel cache (CPU is enough)
     python benchmarks/sweep_forward.py [--out F]        # on the GPU: CUDA-graph time and error per plan
@@ -11,20 +11,23 @@ import sys
 
 import gdnc
 from gdnc.emit.build import compile_many
-from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
-from gdnc.ops import sources_for
+from gdnc.emit.config import FORWARD_WIDTHS, Heads
+from gdnc.ops import forward_config, sources_for
 from gdnc.plan import ForwardPlan
 
 # h_qk, h_v, sequence lengths
-SHAPES = [(2, 8, (4096,)), (2, 8, (32768,)), (2, 8, (28672, 4096)), (2, 8, (8192,) * 4), (4, 16, (32768,)),
-          (16, 32, (32768,)), (16, 32, (28672, 4096)), (16, 32, (8192,) * 4), (16, 16, (32768,)),
-          (16, 64, (32768,))]
-SEGMENT_LENS = (1024, 2048, 4096, 8192)
+SHAPES = [(2, 8, (2048,)), (2, 8, (4096,)), (2, 8, (8192,)), (2, 8, (32768,)), (2, 8, (28672, 4096)),
+          (2, 8, (8192,) * 4), (4, 16, (32768,)), (8, 32, (8192,)), (8, 32, (32768,)), (16, 32, (32768,)),
+          (16, 32, (28672, 4096)), (16, 32, (8192,) * 4), (16, 16, (32768,)), (16, 64, (32768,)),
+          (16, 64, (4096,) * 8)]
+SEGMENT_LENS = (256, 512, 1024, 2048, 4096, 8192)
+MAX_SEGMENTS = 64
 
 
 def plans(tokens: int):
-    yield from (ForwardPlan(bv) for bv in DEFAULT_REGISTERS)
-    yield from (ForwardPlan(64, n, math.ceil(tokens / n)) for n in SEGMENT_LENS if n < tokens)
+    yield from (ForwardPlan(bv) for bv in FORWARD_WIDTHS)
+    yield from (ForwardPlan(bv, n, math.ceil(tokens / n)) for bv in FORWARD_WIDTHS[-2:] for n in SEGMENT_LENS
+                if n < tokens and tokens <= MAX_SEGMENTS * n)
 
 
 def main(argv=None):
@@ -34,8 +37,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     heads = sorted({(h, hv) for h, hv, _ in SHAPES})
-    sources = {(hq, hv, bv, name): src for hq, hv in heads for bv in DEFAULT_REGISTERS
-               for name, src in sources_for(Heads(hq, hv), ForwardConfig(block_v=bv)).items()}
+    sources = {(hq, hv, bv, name): src for hq, hv in heads for bv in FORWARD_WIDTHS
+               for name, src in sources_for(Heads(hq, hv), forward_config(bv)).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
     if args.compile_only:
         return 0

@@ -15,7 +15,8 @@ from gdnc.emit.build import compile_many
 from gdnc.emit.config import ForwardConfig, Heads
 from gdnc.ops import sources_for
 
-SHAPES = [(16, 32, 1, 8192, 32), (16, 32, 4, 8192, 64), (2, 8, 1, 8192, 32)]  # h_qk, h_v, seqs, tokens each, block_v
+# h_qk, h_v, seqs, tokens each, block_v
+SHAPES = [(16, 32, 1, 8192, 32), (16, 32, 4, 8192, 64), (16, 32, 4, 8192, 128), (2, 8, 1, 8192, 32)]
 # what each role has just done at each trace point (gdn_forward.py.jinja, mark(...))
 POINTS = {
     "state": ["stage full", "Ŝ free", "Ŝ written", "K Ŝ", "W formed, W free", "W, X̃ ready", "S += X̃ᵀ W"],
@@ -23,8 +24,20 @@ POINTS = {
     "output": ["stage full", "Ŝ ready", "Q Ŝ", "P ready", "M formed, W ready", "M W", "O stored"],
     "loader": ["stage free", "TMA issued"],
 }
+# m_role="prepare": the prepare role forms M, the output role waits for it
+M_ON_PREPARE_POINTS = {"prepare": ["stage full", "X̃ GEMM", "X̃ free", "Q Kᵀ masked", "M stored"],
+                       "output": ["stage full", "Ŝ ready", "Q Ŝ", "M ready", "W ready", "M W", "O stored"]}
 # pair_gates="loader": loader warp 2 passes two more points (its gate ring)
 LOADER_GATE_POINTS = ["gates: buffer free", "gates ready"]
+
+
+def points_of(config):
+    """The named trace points of each role in the build of ``config``."""
+    if config.m_role == "prepare":
+        return dict(POINTS, **M_ON_PREPARE_POINTS)
+    if config.pair_gates == "loader":
+        return dict(POINTS, loader=POINTS["loader"] + LOADER_GATE_POINTS)
+    return POINTS
 
 
 def main(argv=None):
@@ -32,13 +45,14 @@ def main(argv=None):
     parser.add_argument("--compile-only", action="store_true")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pair-gates", default="output", choices=["output", "loader"])
+    parser.add_argument("--m-role", default=None, choices=["output", "prepare"],
+                        help="ForwardConfig.m_role (default: each width's)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     # keyed by heads and width: two shapes of one head configuration may trace different widths
-    configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True, pair_gates=args.pair_gates)
+    configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True, pair_gates=args.pair_gates,
+                                           m_role=args.m_role if bv < 128 else "prepare")
                for hq, hv, _, _, bv in SHAPES}
-    role_points = dict(POINTS, loader=POINTS["loader"] + LOADER_GATE_POINTS) if args.pair_gates == "loader" \
-        else POINTS
     sources = {key + (name,): src for key, cfg in configs.items()
                for name, src in sources_for(Heads(*key[:2]), cfg).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
@@ -77,7 +91,8 @@ def main(argv=None):
         stamps = trace.cpu()
         steady = slice(chunks // 4, chunks)  # past the pipeline's fill
         shape = {"shape": f"{hq}/{hv} {n}x{t}", "block_v": bv, "roles": {}}
-        for role, (name, points) in enumerate(role_points.items()):
+        shape["m_role"] = configs[(hq, hv, bv)].m_role
+        for role, (name, points) in enumerate(points_of(configs[(hq, hv, bv)]).items()):
             st = stamps[role, steady, :len(points)].double()
             steps = (st[:, 1:] - st[:, :-1]).median(0).values.tolist()
             period = (st[1:, 0] - st[:-1, 0]).median().item()

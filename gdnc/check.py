@@ -53,18 +53,22 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
     import shutil
 
     from gdnc.emit.build import lower_cuda, nvcc_report
-    from gdnc.emit.config import PrepareConfig
+    from gdnc.emit.config import FORWARD_WIDTHS, PrepareConfig
     from gdnc.emit.render import render
     from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import DEFAULT_FORWARD
+    from gdnc.ops import forward_config
 
+    # the forward at every width the op may pick; the other kernels do not depend on it
+    sources = {}
     try:
-        sources = render(rec, heads, DEFAULT_FORWARD, PrepareConfig())
+        for block_v in FORWARD_WIDTHS:
+            for name, source in render(rec, heads, forward_config(block_v), PrepareConfig()).items():
+                sources.setdefault(f"{name} (block_v {block_v})" if name == "gdn_forward" else name, source)
     except UnsupportedRecurrence as e:
         return True, f"{e} (references only)"
     lines, ok = [], True
     for name, source in sources.items():
-        cuda = lower_cuda(source, name, rec.ir_hash)
+        cuda = lower_cuda(source, name.split()[0], rec.ir_hash)
         if shutil.which("nvcc") is None:
             lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
             continue

@@ -58,9 +58,9 @@ def _cmd_build(args) -> int:
     import time
 
     from gdnc.emit.build import cache_root, compile_many
-    from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
+    from gdnc.emit.config import FORWARD_WIDTHS, Heads
     from gdnc.ir.library import get_variant
-    from gdnc.ops import sources_for
+    from gdnc.ops import forward_config, sources_for
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
     start = time.perf_counter()
@@ -68,8 +68,8 @@ def _cmd_build(args) -> int:
     # kernels that do not depend on the forward config are built once
     first_key = {}
     for h in heads:
-        for block_v in DEFAULT_REGISTERS:
-            for name, src in sources_for(h, ForwardConfig(block_v=block_v)).items():
+        for block_v in FORWARD_WIDTHS:
+            for name, src in sources_for(h, forward_config(block_v)).items():
                 first_key.setdefault(src, (h, block_v, name))
     sources = {key: src for src, key in first_key.items()}
     print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "

@@ -14,7 +14,6 @@ are not checked.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import os
 import warnings
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from gdnc.cp import run_planner, split_forward
 from gdnc.emit.build import compile_all
-from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import FORWARD_WIDTHS, ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.library import get_variant
 from gdnc.plan import ForwardPlan, SplitConfig, plan_forward
@@ -88,18 +87,26 @@ def _unsupported(q, k, v, s) -> str | None:
     return None
 
 
-DEFAULT_FORWARD = ForwardConfig(block_v=64)
+# ForwardConfig fields the op sets besides the plan's block_v (tests and benchmarks swap them); the
+# rest (m_role, registers) take each width's defaults
+FORWARD_OPTIONS: dict = {}
 DEFAULT_PREPARE = PrepareConfig()
 
 
-def sources_for(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD,
+def forward_config(block_v: int) -> ForwardConfig:
+    """The forward config the op runs at V block ``block_v`` (read at call time)."""
+    return ForwardConfig(block_v=block_v, **FORWARD_OPTIONS)
+
+
+def sources_for(heads: Heads, forward: ForwardConfig | None = None,
                 prepare: PrepareConfig = DEFAULT_PREPARE) -> dict[str, str]:
-    """The rendered kernels for one head configuration (default configs until the autotuner picks)."""
-    return render(get_variant("gdn"), heads, forward, prepare)
+    """The rendered kernels for one head configuration (default configs until the autotuner picks;
+    forward None: the op's config at the widest block)."""
+    return render(get_variant("gdn"), heads, forward or forward_config(max(FORWARD_WIDTHS)), prepare)
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(heads: Heads, forward: ForwardConfig = DEFAULT_FORWARD, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
+def kernels(heads: Heads, forward: ForwardConfig | None = None, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
     """Compiled kernels for one head configuration and config (cached in-process and on disk)."""
     return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
@@ -170,7 +177,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     tokens, N = s.B * s.T, s.num_sequences
     plan = plan or plan_for(heads, tokens, N, device, split)
     # the module's defaults are read at call time, so that tests and benchmarks can swap them
-    compiled = kernels(heads, dataclasses.replace(DEFAULT_FORWARD, block_v=plan.block_v), DEFAULT_PREPARE)
+    compiled = kernels(heads, forward_config(plan.block_v), DEFAULT_PREPARE)
     if cu_seqlens is None:
         cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
     else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gdnc.emit.config import DEFAULT_REGISTERS
+from gdnc.emit.config import FORWARD_WIDTHS
 
 MAX_WARMUP_CHUNKS = 32  # cp_plan keeps whether each window is usable as a bit of one 32-bit word
 
@@ -23,21 +23,24 @@ MAX_WARMUP_CHUNKS = 32  # cp_plan keeps whether each window is usable as a bit o
 class SplitConfig:
     """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
     min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
-    min_tokens: calls with fewer tokens are not split. Measured when the split path cost ≈ 0.15 ms
-         of small launches; since cp_plan and cp_chain it costs ≈ 20 µs, so a lower threshold
-         likely pays (not yet measured: benchmarks/NOTES.md, 2026-12-03).
-    max_sequences: calls with more sequences are not split: every sequence gets slots for all the
-         tokens (the lengths are not read), and the CTAs of the empty ones cost more than a
-         balanced batch gains.
+    min_tokens: calls with fewer tokens are not split.
+    max_sequences: calls with up to this many sequences are split whenever one wave holds two
+         segments of one sequence, because one of them may hold nearly all the tokens; calls with
+         more only where the unsplit call leaves half the GPU idle (a batch is taken to be
+         balanced) and the sequences are long. Every sequence gets slots for all the tokens (the
+         lengths are not read), so the slots, mostly empty, grow with the square of the sequence count.
+    min_batch_sequence_tokens: such a batch is split only if it has this many tokens per sequence
+         (shorter ones lose more to the split's fixed cost and empty slots than they gain).
     tau: log-space decay threshold of the gate-driven shortcut (gdnc.cp): a segment's start state is
          warmed up over the fewest whole chunks before it whose decay is at most tau in every head,
          used only where the transitions are provably non-expansive.
     max_warmup_chunks: the longest warm-up tried before the exact chain is used instead."""
 
     segment_len: int | None = None
-    min_segment_chunks: int = 8
-    min_tokens: int = 8192
+    min_segment_chunks: int = 4
+    min_tokens: int = 2048
     max_sequences: int = 2
+    min_batch_sequence_tokens: int = 8192
     tau: float = -10.0
     max_warmup_chunks: int = 16
 
@@ -75,24 +78,31 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
     """The plan of a call with ``tokens`` packed tokens in ``num_sequences`` sequences.
 
     The lengths of the sequences are not used (reading cu_seqlens would sync the host), so the
-    plan holds for any lengths: slots are sized for one sequence holding every token. Split when
-    one wave holds at least two segments' CTAs at the widest block, for calls of at least
-    min_tokens tokens in at most max_sequences sequences (one long sequence, or a long and a short
-    one, as the design notes' shapes have): as many segments as one wave holds, never shorter
-    than min_segment_chunks. Unsplit, the narrow block is used only where its CTAs still fit one
-    wave: a second wave costs a whole serial pass. (Measured on the H200 for these defaults:
-    benchmarks/results/2026-12-02-h200-cp-v1/sweep.log.)"""
+    plan holds for any lengths: slots are sized for one sequence holding every token. Split at
+    the widest block, for calls of at least min_tokens tokens, when one wave holds at least two
+    segments' CTAs of every sequence: with at most max_sequences sequences (one long sequence, or
+    a long and a short one) as many segments as one wave holds of one sequence, with more
+    sequences of min_batch_sequence_tokens on average as many as it holds of each; never shorter
+    than min_segment_chunks. Unsplit: the
+    narrowest block whose CTAs fit one wave (a CTA's chain is shorter the fewer columns it
+    carries, and a second wave costs a whole serial pass), else the widest (the least repeated
+    C×C work). (Measured on the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log.)"""
     config.check(chunk)
-    wide, narrow = max(DEFAULT_REGISTERS), min(DEFAULT_REGISTERS)  # the block widths the forward has budgets for
+    wide = max(FORWARD_WIDTHS)
     per_sequence = h_v * (v_dim // wide)
     if config.segment_len:
         return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
-    segments = sm_count // per_sequence
-    if config.segment_len is None and segments >= 2 and tokens >= config.min_tokens \
-            and num_sequences <= config.max_sequences:
+    if num_sequences <= config.max_sequences:
+        segments = sm_count // per_sequence
+    else:  # a balanced batch of long sequences: split only if each gets two segments or more
+        each = sm_count // (num_sequences * per_sequence)
+        long = tokens >= num_sequences * config.min_batch_sequence_tokens
+        segments = each * num_sequences if each >= 2 and long else 0
+    if config.segment_len is None and segments >= 2 and tokens >= config.min_tokens:
         segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / chunk)) * chunk
         if segment_len < tokens:
             return ForwardPlan(wide, segment_len, math.ceil(tokens / segment_len))
-    if num_sequences * per_sequence < sm_count and num_sequences * h_v * (v_dim // narrow) <= sm_count:
-        return ForwardPlan(narrow)
+    for width in sorted(FORWARD_WIDTHS):
+        if num_sequences * h_v * (v_dim // width) <= sm_count:
+            return ForwardPlan(width)
     return ForwardPlan(wide)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from gdnc.cli import main
+from gdnc.emit.config import FORWARD_WIDTHS
 
 
 def test_list(capsys):
@@ -36,7 +37,7 @@ def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
     assert main(["check", "gdn", "--T", "130", "--heads", "2/8"]) == 0
     out = capsys.readouterr().out
-    for name in ("gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"):
+    for name in ("gdn_prepare", "cp_plan", "cp_chain") + tuple(f"gdn_forward (block_v {bv})" for bv in FORWARD_WIDTHS):
         assert f"PASS {name} 2/8: built for sm_90a" in out
     if not torch.cuda.is_available():
         assert "no Hopper GPU here" in out
@@ -52,7 +53,8 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
     start = time.perf_counter()
     assert main(["build", "2/8", "--workers", "2"]) == 0
     first = time.perf_counter() - start
-    assert "[5/5] 2/8" in capsys.readouterr().out  # two forward configs, and prepare, cp_plan, cp_chain once
+    # a forward config per width, and prepare, cp_plan, cp_chain once
+    assert f"[{len(FORWARD_WIDTHS) + 3}/{len(FORWARD_WIDTHS) + 3}] 2/8" in capsys.readouterr().out
     sources = list(tmp_path.glob("*/sources/*/*.py"))
     assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
     start = time.perf_counter()

@@ -1,6 +1,7 @@
 """The emitter on CPU: templates render for every benchmark head configuration, lower for sm_90a,
 and nvcc builds them with wgmma, TMA, the expected launch size and no register spills."""
 import ast
+import dataclasses
 import importlib.util
 import re
 import shutil
@@ -40,7 +41,7 @@ def test_render_is_python_with_the_header(h_qk, h_v):
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
-@pytest.mark.parametrize("h_qk,h_v,block_v", [(hq, hv, 64) for hq, hv in BENCH_HEADS] + [(2, 8, 32)])
+@pytest.mark.parametrize("h_qk,h_v,block_v", [(hq, hv, 128) for hq, hv in BENCH_HEADS] + [(2, 8, 32), (2, 8, 64)])
 def test_lower_and_nvcc(h_qk, h_v, block_v):
     sources = render(GDN, Heads(h_qk, h_v), ForwardConfig(block_v=block_v), PrepareConfig())
     prepare = nvcc_report(lower_cuda(sources["gdn_prepare"], "gdn_prepare", GDN.ir_hash))
@@ -73,14 +74,18 @@ def test_unsupported_recurrence_is_refused_with_reason():
 
 
 def test_config_checks():
-    with pytest.raises(ValueError, match=r"block_v must be one of \(32, 64\) and divide V=96"):
+    with pytest.raises(ValueError, match=r"block_v must be one of \(32, 64, 128\) and divide V=96"):
         render(GDN, Heads(2, 4, 128, 96), ForwardConfig(block_v=64))
     with pytest.raises(ValueError, match="block_v must be one of"):
-        ForwardConfig(block_v=128).check(Heads(2, 4))
+        ForwardConfig(block_v=16).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
         ForwardConfig(block_v=64, registers=(256, 256, 128, 40)).check(Heads(2, 4))
-    with pytest.raises(ValueError, match="consumer budgets must be at least"):
-        ForwardConfig(block_v=64, registers=(184, 168, 120, 40)).check(Heads(2, 4))
+    with pytest.raises(ValueError, match=r"no default for block_v=128 with m_role='output'"):
+        ForwardConfig(block_v=128, m_role="output").check(Heads(2, 4))
+    with pytest.raises(ValueError, match="m_role must be 'output' or 'prepare', got 'loader'"):
+        ForwardConfig(m_role="loader").check(Heads(2, 4))
+    with pytest.raises(ValueError, match="pair_gates='loader' needs m_role='output'"):
+        ForwardConfig(block_v=128, pair_gates="loader").check(Heads(2, 4))
     with pytest.raises(ValueError, match="h_v=6 must be a multiple of h_qk=4"):
         Heads(4, 6)
     with pytest.raises(ValueError, match="dtype must be one of"):
@@ -105,10 +110,12 @@ def test_templates_go_by_the_math_not_the_name():
         render(other_gate, Heads(2, 8))
 
 
-@pytest.mark.parametrize("pair_gates", ["output", "loader"])
-def test_trace_points_only_in_the_trace_build(pair_gates):
-    plain = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, pair_gates=pair_gates))["gdn_forward"]
-    traced = render(GDN, Heads(2, 8), ForwardConfig(block_v=32, trace=True, pair_gates=pair_gates))["gdn_forward"]
+@pytest.mark.parametrize("block_v,pair_gates,m_role", [(32, "output", "output"), (32, "loader", "output"),
+                                                        (128, "output", "prepare")])
+def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role):
+    config = ForwardConfig(block_v=block_v, pair_gates=pair_gates, m_role=m_role)
+    plain = render(GDN, Heads(2, 8), config)["gdn_forward"]
+    traced = render(GDN, Heads(2, 8), dataclasses.replace(config, trace=True))["gdn_forward"]
     assert "mark(" not in plain and "trace" not in plain.split('"""')[2]  # not even the parameter
     ast.parse(traced)
     sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d), \d+\)", traced)
@@ -117,9 +124,7 @@ def test_trace_points_only_in_the_trace_build(pair_gates):
     spec = importlib.util.spec_from_file_location("trace_forward", ROOT / "benchmarks" / "trace_forward.py")
     trace_forward = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trace_forward)
-    points = dict(trace_forward.POINTS)
-    if pair_gates == "loader":
-        points["loader"] = points["loader"] + trace_forward.LOADER_GATE_POINTS
+    points = trace_forward.points_of(config)
     for role, names in points.items():
         assert sorted(int(e) for r, e in sites if r == role.upper()) == list(range(len(names))), role
     assert 'trace: T.Tensor((4, traced_chunks, 8), "int64")' in traced
@@ -136,5 +141,22 @@ def test_pair_gates_on_the_loader_lower_and_build(block_v):
     for name in ("gate_in", "gate_ready", "gate_free"):
         assert name in source.split('"""')[2] and name not in default.split('"""')[2]
     rep = nvcc_report(lower_cuda(source, "gdn_forward", GDN.ir_hash))
+    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
+    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("block_v", [64, 128])
+def test_m_on_the_prepare_role_lower_and_build(block_v):
+    """ForwardConfig(m_role="prepare"), the default at 128 columns: M's product takes tril(Q Kᵀ)
+    from registers (wgmma with a register operand), so there is no P tile and no P hand-off; at 128
+    one Ŝ buffer (two do not fit in shared memory)."""
+    source = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v, m_role="prepare"))["gdn_forward"]
+    body = source.split('"""')[2]
+    assert "m_role=prepare" in source and "p_masked" not in body and "p_free" not in body
+    assert f"SNAPSHOTS = {1 if block_v == 128 else 2}" in body
+    cuda = lower_cuda(source, "gdn_forward", GDN.ir_hash)
+    assert "wgmma_rs" in cuda
+    rep = nvcc_report(cuda)
     assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0

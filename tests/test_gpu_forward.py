@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import gdnc
 from gdnc.check import kernel_vs_reference
-from gdnc.emit.config import ForwardConfig, PrepareConfig
+from gdnc.emit.config import DEFAULT_REGISTERS, PrepareConfig
 from gdnc.plan import ForwardPlan
 
 pytestmark = pytest.mark.gpu
@@ -101,13 +101,15 @@ def test_batch_of_sequences():
     check(*inputs(1000, 8, 32, B=4, N=4))
 
 
-@pytest.mark.parametrize("block_v", [32, 64])
+@pytest.mark.parametrize("block_v,m_role", sorted(DEFAULT_REGISTERS))
 @pytest.mark.parametrize("gates", ["normal", "mixed"])
-def test_every_value_block_width(block_v, gates, monkeypatch):
-    """Both forward configs the op picks from, whatever the shape would choose: varlen with
-    length-1 sequences, h0, and g = 0 next to strong decay."""
+def test_every_value_block_width(block_v, m_role, gates, monkeypatch):
+    """Every forward config with a register budget (the widths the op picks from, M on either
+    role), whatever the shape would choose: varlen with length-1 sequences, h0, and g = 0 next to
+    strong decay."""
     import gdnc.ops
 
+    monkeypatch.setattr(gdnc.ops, "FORWARD_OPTIONS", {"m_role": m_role})
     monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v))
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = offsets(lengths)
@@ -132,9 +134,10 @@ def test_bad_input_is_refused_without_launching():
     assert os.environ["GDNC_POISON_OUTPUTS"] == "1"
 
 
+@pytest.mark.parametrize("block_v", [64, 128])
 @pytest.mark.parametrize("gates", ["normal", "strong", "mixed"])
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 32)])
-def test_split_sequences(h_qk, h_v, gates, monkeypatch):
+def test_split_sequences(h_qk, h_v, gates, block_v, monkeypatch):
     """Context parallelism with short segments over one long and several short sequences (length 1
     included), h0 and final state: the shortcut where every head decays (normal, strong), the exact
     chain where some heads do not (mixed: g = 0 beside g = −30)."""
@@ -142,7 +145,7 @@ def test_split_sequences(h_qk, h_v, gates, monkeypatch):
 
     lengths = [5000, 1, 63, 3000, 64]
     T = sum(lengths)
-    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
+    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v, 256, -(-T // 256)))
     cu = offsets(lengths)
     check(*inputs(T, h_qk, h_v, N=len(lengths), gates=gates), cu=cu)
 
@@ -203,7 +206,7 @@ def test_pair_gates_on_the_loader(block_v, segment_len, monkeypatch):
 
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     T = sum(lengths)
-    monkeypatch.setattr(gdnc.ops, "DEFAULT_FORWARD", ForwardConfig(block_v=block_v, pair_gates="loader"))
+    monkeypatch.setattr(gdnc.ops, "FORWARD_OPTIONS", {"pair_gates": "loader"})
     monkeypatch.setattr(gdnc.ops, "plan_for",
                         lambda *_: ForwardPlan(block_v, segment_len, -(-T // segment_len) if segment_len else 1))
     cu = offsets(lengths)

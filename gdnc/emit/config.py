@@ -80,10 +80,16 @@ class PrepareConfig:
                              f"for {self.inverse!r}")
 
 
-# setmaxnreg budgets (state, prepare, output, loader) that fit 4 warpgroups in the 64K-register file
-DEFAULT_REGISTERS = {32: (160, 152, 160, 40), 64: (184, 152, 136, 40)}
+FORWARD_WIDTHS = (32, 64, 128)  # the V blocks the forward has register budgets for
+# which role forms M where m_role is not given
+DEFAULT_M_ROLE = {32: "output", 64: "output", 128: "prepare"}
+# setmaxnreg budgets (state, prepare, output, loader) per (block_v, m_role) that fit 4 warpgroups in
+# the 64K-register file with no spills (nvcc 13.0). At 128 the state role holds S and K Ŝ (192 fp32 a
+# thread; 224 spills), so M moves to the prepare role to leave the output role only O (104 spills)
+DEFAULT_REGISTERS = {(32, "output"): (160, 152, 160, 40), (32, "prepare"): (160, 152, 160, 40),
+                     (64, "output"): (184, 152, 136, 40), (64, "prepare"): (184, 152, 136, 40),
+                     (128, "prepare"): (232, 128, 112, 40)}
 REGISTER_FILE = 65536
-LAUNCH_REGISTERS = REGISTER_FILE // 512  # what ptxas gives each thread of a 512-thread CTA
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,11 +97,14 @@ class ForwardConfig:
     """The fused forward kernel: one CTA per (value block, value head, sequence), serial over chunks,
     four warpgroups (state, prepare, output, loader) of 128 threads.
 
-    block_v:   V columns per CTA (V is split across CTAs when there are few (sequence, head) pairs);
-               32 or 64: at 128 the state warpgroup would hold S and K Ŝ (192 fp32 per thread) in the
-               128 registers per thread that ptxas allots a 512-thread CTA, and spills
+    block_v:   V columns per CTA, one of FORWARD_WIDTHS (V is split across CTAs when there are few
+               (sequence, head) pairs)
+    m_role:    the role that forms M = scale · G ⊙ (tril(Q Kᵀ) A) · 1βᵀ: "output" (from the prepare
+               role's tril(Q Kᵀ) tile) or "prepare" (from its Q Kᵀ in registers, handing M over as a
+               tile; each role then frees the input stage as soon as it has read it). None:
+               DEFAULT_M_ROLE[block_v]
     registers: per-thread register budget of each role (state, prepare, output, loader), set with
-               setmaxnreg; None takes DEFAULT_REGISTERS[block_v]
+               setmaxnreg (.inc above the launch's 128, .dec below); None: DEFAULT_REGISTERS
     trace:     a profiling build: the kernel takes a trace [4, chunks, 8] int64 tensor and records
                the SM clock as each role of the first CTA passes its waits and GEMMs
                (benchmarks/trace_forward.py); the op never runs it
@@ -110,25 +119,39 @@ class ForwardConfig:
     registers: tuple[int, int, int, int] | None = None
     trace: bool = False
     pair_gates: str = "output"
+    m_role: str | None = None
 
     def __post_init__(self):
-        if self.registers is None and self.block_v in DEFAULT_REGISTERS:
-            object.__setattr__(self, "registers", DEFAULT_REGISTERS[self.block_v])
+        # unknown widths and roles stay None, which check() refuses
+        if self.m_role is None:
+            object.__setattr__(self, "m_role", DEFAULT_M_ROLE.get(self.block_v))
+        if self.registers is None:
+            object.__setattr__(self, "registers", DEFAULT_REGISTERS.get((self.block_v, self.m_role)))
+
+    @property
+    def snapshots(self) -> int:
+        """Buffers of Ŝ: two let the state role write chunk c + 1's while the output role reads c's;
+        at 128 columns two do not fit in shared memory with the rest."""
+        return 1 if self.block_v == 128 else 2
 
     def check(self, heads: Heads) -> None:
         if self.chunk != 64:
             raise ValueError(f"ForwardConfig.chunk must be 64, got {self.chunk}")
-        if self.block_v not in DEFAULT_REGISTERS or heads.v_dim % self.block_v:
-            raise ValueError(f"ForwardConfig.block_v must be one of {tuple(DEFAULT_REGISTERS)} and divide "
+        if self.block_v not in FORWARD_WIDTHS or heads.v_dim % self.block_v:
+            raise ValueError(f"ForwardConfig.block_v must be one of {FORWARD_WIDTHS} and divide "
                              f"V={heads.v_dim}, got {self.block_v}")
+        if self.m_role not in ("output", "prepare"):
+            raise ValueError(f"ForwardConfig.m_role must be 'output' or 'prepare', got {self.m_role!r}")
+        if self.pair_gates == "loader" and self.m_role != "output":
+            raise ValueError("ForwardConfig.pair_gates='loader' needs m_role='output' (the loader's gates "
+                             f"scale the output role's M), got m_role={self.m_role!r}")
         regs = self.registers
+        if regs is None:
+            raise ValueError(f"ForwardConfig.registers: no default for block_v={self.block_v} with "
+                             f"m_role={self.m_role!r} (DEFAULT_REGISTERS); give the four budgets")
         if len(regs) != 4 or any(r % 8 or not 24 <= r <= 256 for r in regs) or 128 * sum(regs) > REGISTER_FILE:
             raise ValueError(f"ForwardConfig.registers must be 4 multiples of 8 in [24, 256] summing to at most "
                              f"{REGISTER_FILE // 128} (the register file over 4 warpgroups), got {regs}")
-        if min(regs[:3]) < LAUNCH_REGISTERS or regs[3] > LAUNCH_REGISTERS:
-            # setmaxnreg.inc below (or .dec above) the launch count is an illegal instruction
-            raise ValueError(f"ForwardConfig.registers: the three consumer budgets must be at least and the loader's "
-                             f"at most {LAUNCH_REGISTERS} (the launch count), got {regs}")
         if heads.k_dim != 128:
             raise ValueError(f"the forward kernel is written for K = 128, got K={heads.k_dim}")
         if self.pair_gates not in ("output", "loader"):
