@@ -263,3 +263,29 @@ def test_bench_options():
     assert (args.warm_workers, args.cache_dir, args.cold_start, args.cold) == (None, None, None, False)
     with pytest.raises(SystemExit):
         run._parse(["--cold-start", "16/30"])
+
+
+def test_merge_runs(tmp_path):
+    """A later run's shape replaces an earlier run's, a dropped shape is listed as not run with its
+    reason, a shape not run in one run but measured in another counts as measured; runs from two
+    devices are refused."""
+    first, second = _fake_results(), _fake_results()
+    second["settings"] = {"quick": False, "check": True, "seed": 8, "shapes_filter": "*_4x8192,h16-64_*"}
+    second["shapes"] = [_shape("h2-8_4x8192", 2, 8, "4x8192", 0.25,
+                               {"FlashQLA": _entry(0.4), "FLA Triton": _entry(0.6)}),
+                        _shape("h16-64_8x1024", 16, 64, "8x1024", 0.1,
+                               {"FlashQLA": _entry(0.2), "FLA Triton": _entry(0.3)})]
+    second["not_run_shapes"] = [{"name": "h2-8_1x4096", "reason": "not selected"}]
+    for i, run in enumerate((first, second)):
+        report.write_json(run, tmp_path / f"run{i}")
+    assert report.main([str(tmp_path / "merged"), "--merge", str(tmp_path / "run0"), str(tmp_path / "run1"),
+                        "--drop", "h16-32_1x4096=measured under an old plan"]) == 0
+    merged = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert [s["name"] for s in merged["shapes"]] == ["h2-8_1x4096", "h2-8_4x8192", "h16-64_8x1024"]
+    assert merged["shapes"][1]["results"]["FlashQLA"]["ms"] == 0.4
+    assert merged["not_run_shapes"] == [{"name": "h16-32_1x4096", "reason": "measured under an old plan"}]
+    text = (tmp_path / "merged" / "results.md").read_text()
+    assert "Merged from 2 runs (seeds 7, 8" in text and "the first run's ceilings" in text
+    second["device"] = dict(second["device"], name="Other GPU")
+    with pytest.raises(ValueError, match="different devices"):
+        report.merge([first, second], {})

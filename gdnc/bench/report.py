@@ -232,13 +232,19 @@ def markdown(results: dict) -> str:
     how = ("medians of CUDA-graph replays" if methods <= {"cuda_graph"} else
            "medians of CUDA-graph replays, or of event-timed launches where capture failed "
            "(see the notes at the end)")
+    seeds = results["settings"].get("merged_seeds")
+    inputs = (f"Merged from {len(seeds)} runs (seeds {', '.join(map(str, seeds))}; shape filters "
+              f"{results['settings']['merged_filters']}), a later run's shape replacing an earlier's; "
+              f"within a shape every provider ran in one process on the same fresh random inputs"
+              if seeds else
+              f"Every provider ran in one process on the same fresh random inputs (seed "
+              f"{results['settings']['seed']})")
     lines = [
         f"# GDN forward: {dev['name']}, {results['date']}", "",
         (f"{_selection(results['settings'])}, "
-        f"{len(results['shapes'])} shapes. Every provider ran in one process on the same fresh "
-        f"random inputs (seed {results['settings']['seed']}); times are {how}, ± is the spread "
+        f"{len(results['shapes'])} shapes. {inputs}; times are {how}, ± is the spread "
         f"between two repeats. Floor = max(FLOPs / GEMM rate, bytes / "
-        f"copy bandwidth) with this run's ceilings: bf16 GEMM "
+        f"copy bandwidth) with {'the first run' if seeds else 'this run'}'s ceilings: bf16 GEMM "
         f"{ceil['gemm']['flops_per_s'] / 1e12:.0f} TFLOP/s, device copy "
         f"{ceil['copy']['bytes_per_s'] / 1e12:.2f} TB/s (read + write); (c)/(m): compute or "
         f"memory bound. Baseline for ratios: {results['baseline']}."), "",
@@ -309,16 +315,50 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
     return written
 
 
+def merge(runs: list[dict], dropped: dict[str, str]) -> dict:
+    """One report from runs of the same providers on one device, in order: a later run's shape
+    replaces an earlier run's; the shapes named in ``dropped`` (name -> why) are listed as not run.
+    The first run's ceilings head the report (each shape keeps the floor it was measured with)."""
+    devices = {run["device"]["name"] for run in runs}
+    if len(devices) != 1:
+        raise ValueError(f"merge: the runs are from different devices: {sorted(devices)}")
+    shapes = {}
+    for run in runs:
+        shapes.update((shape["name"], shape) for shape in run["shapes"])
+    not_run = {entry["name"]: entry["reason"] for run in runs for entry in run.get("not_run_shapes", [])}
+    not_run.update(dropped)
+    merged = dict(runs[-1], ceilings=runs[0]["ceilings"], cold_start=None,
+                  shapes=[shape for name, shape in shapes.items() if name not in dropped],
+                  not_run_shapes=[{"name": name, "reason": why} for name, why in not_run.items()
+                                  if name not in shapes or name in dropped],
+                  settings=dict(runs[-1]["settings"], merged_seeds=[run["settings"]["seed"] for run in runs],
+                                merged_filters=[run["settings"].get("shapes_filter") for run in runs]))
+    return merged
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gdnc.bench.report",
                                      description="Re-render results.md and latency.png from "
-                                                 "a results folder's results.json.")
+                                                 "a results folder's results.json, or merge runs into it.")
     parser.add_argument("folder", type=Path)
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="RUN",
+                        help="results folders, earliest first: later shapes replace earlier ones")
+    parser.add_argument("--drop", nargs="*", default=[], metavar="NAME=WHY",
+                        help="with --merge: shapes to list as not run, and why")
     args = parser.parse_args(argv)
-    source = args.folder / JSON_NAME
-    if not source.is_file():
-        raise SystemExit(f"{source} does not exist")
-    for path in write_all(json.loads(source.read_text()), args.folder):
+    if args.merge:
+        runs = []
+        for folder in args.merge:
+            if not (folder / JSON_NAME).is_file():
+                raise SystemExit(f"{folder / JSON_NAME} does not exist")
+            runs.append(json.loads((folder / JSON_NAME).read_text()))
+        results = merge(runs, dict(item.split("=", 1) for item in args.drop))
+    else:
+        source = args.folder / JSON_NAME
+        if not source.is_file():
+            raise SystemExit(f"{source} does not exist")
+        results = json.loads(source.read_text())
+    for path in write_all(results, args.folder):
         print(path)
     return 0
 
@@ -326,7 +366,7 @@ def main(argv=None) -> int:
 def _selection(settings: dict) -> str:
     """Which shapes the run was asked for: the quick subset, a filter, or the full table."""
     selection = "Quick subset" if settings.get("quick") else "Full table"
-    if settings.get("shapes_filter"):
+    if settings.get("shapes_filter") and not settings.get("merged_seeds"):
         selection += f" filtered by {settings['shapes_filter']!r}"
     return selection
 
