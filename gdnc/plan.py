@@ -51,6 +51,9 @@ class SplitConfig:
         if self.min_segment_chunks < 1 or self.max_warmup_chunks < 1:
             raise ValueError(f"SplitConfig.min_segment_chunks and max_warmup_chunks must be >= 1, got "
                              f"{self.min_segment_chunks}, {self.max_warmup_chunks}")
+        if self.min_tokens < 0 or self.min_batch_sequence_tokens < 0 or self.max_sequences < 1:
+            raise ValueError(f"SplitConfig.min_tokens and min_batch_sequence_tokens must be >= 0 and max_sequences "
+                             f">= 1, got {self.min_tokens}, {self.min_batch_sequence_tokens}, {self.max_sequences}")
         if self.max_warmup_chunks > MAX_WARMUP_CHUNKS:
             raise ValueError(f"SplitConfig.max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS} (the planner "
                              f"kernel's window mask), got {self.max_warmup_chunks}")
@@ -83,10 +86,9 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
     segments' CTAs of every sequence: with at most max_sequences sequences (one long sequence, or
     a long and a short one) as many segments as one wave holds of one sequence, with more
     sequences of min_batch_sequence_tokens on average as many as it holds of each; never shorter
-    than min_segment_chunks. Unsplit: the
-    narrowest block whose CTAs fit one wave (a CTA's chain is shorter the fewer columns it
-    carries, and a second wave costs a whole serial pass), else the widest (the least repeated
-    C×C work). (Measured on the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log.)"""
+    than min_segment_chunks. Unsplit: the narrowest block whose CTAs fit one wave (a CTA's chain
+    is shorter the fewer columns it carries, and a second wave costs a whole serial pass), else
+    the widest (the least repeated C×C work). (Measured on the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log.)"""
     config.check(chunk)
     wide = max(FORWARD_WIDTHS)
     per_sequence = h_v * (v_dim // wide)

@@ -40,3 +40,5 @@ def test_config_overrides_and_is_checked():
         plan_forward(32768, 1, 8, H100_SMS, config=SplitConfig(segment_len=1000))
     with pytest.raises(ValueError, match="tau must be negative"):
         plan_forward(32768, 1, 8, H100_SMS, config=SplitConfig(tau=0.0))
+    with pytest.raises(ValueError, match="min_batch_sequence_tokens must be >= 0 .* got 2048, -1, 2"):
+        plan_forward(32768, 1, 8, H100_SMS, config=SplitConfig(min_batch_sequence_tokens=-1))
