@@ -90,7 +90,10 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
     is shorter the fewer columns it carries, and a second wave costs a whole serial pass), else
     the widest (the least repeated C×C work). (Measured on the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log.)"""
     config.check(chunk)
-    wide = max(FORWARD_WIDTHS)
+    widths = sorted(w for w in FORWARD_WIDTHS if v_dim % w == 0)
+    if not widths:
+        raise ValueError(f"plan_forward: no forward V block {FORWARD_WIDTHS} divides v_dim={v_dim}")
+    wide = widths[-1]
     per_sequence = h_v * (v_dim // wide)
     if config.segment_len:
         return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
@@ -104,7 +107,7 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
         segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / chunk)) * chunk
         if segment_len < tokens:
             return ForwardPlan(wide, segment_len, math.ceil(tokens / segment_len))
-    for width in sorted(FORWARD_WIDTHS):
+    for width in widths:
         if num_sequences * h_v * (v_dim // width) <= sm_count:
             return ForwardPlan(width)
     return ForwardPlan(wide)

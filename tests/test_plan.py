@@ -42,3 +42,10 @@ def test_config_overrides_and_is_checked():
         plan_forward(32768, 1, 8, H100_SMS, config=SplitConfig(tau=0.0))
     with pytest.raises(ValueError, match="min_batch_sequence_tokens must be >= 0 .* got 2048, -1, 2"):
         plan_forward(32768, 1, 8, H100_SMS, config=SplitConfig(min_batch_sequence_tokens=-1))
+
+
+def test_only_blocks_that_divide_v():
+    assert plan_forward(32768, 1, 8, H100_SMS, v_dim=64) == ForwardPlan(64, 2048, 16)  # 8 CTAs a segment at 64
+    assert plan_forward(1024, 8, 16, H100_SMS, v_dim=64) == ForwardPlan(64)
+    with pytest.raises(ValueError, match=r"no forward V block \(32, 64, 128\) divides v_dim=48"):
+        plan_forward(4096, 1, 8, H100_SMS, v_dim=48)
