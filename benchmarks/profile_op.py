@@ -3,9 +3,10 @@
     python benchmarks/profile_op.py [--shape 2/8:32768 ...] [--provider gdnc|FlashQLA ...]
                                     [--segment-len N] [--block-v BV] [--forward KEY=VALUE ...] [--out F]
 
-gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments, at --block-v) with the forward's
-default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader); FlashQLA runs its own chunk_gated_delta_rule with its default intra-card
-CP, so the two breakdowns sit side by side. Each call is also timed by the benchmark's
+gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments, at --block-v) with the
+forward's default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader); FlashQLA
+runs its own chunk_gated_delta_rule with its default intra-card CP, so the two breakdowns sit side
+by side. Each call is also timed by the benchmark's
 time_calls (CUDA-graph replays, medians), on one input set: shapes that fit in L2 then run from it,
 unlike in the benchmark, which rotates input sets.
 """

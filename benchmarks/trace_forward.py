@@ -12,7 +12,7 @@ import sys
 
 import gdnc
 from gdnc.emit.build import compile_many
-from gdnc.emit.config import ForwardConfig, Heads
+from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
 from gdnc.ops import sources_for
 
 # h_qk, h_v, seqs, tokens each, block_v
@@ -50,8 +50,9 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     # keyed by heads and width: two shapes of one head configuration may trace different widths
+    # --m-role where that width has a budget for it, else the width's default
     configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True, pair_gates=args.pair_gates,
-                                           m_role=args.m_role if bv < 128 else "prepare")
+                                           m_role=args.m_role if (bv, args.m_role) in DEFAULT_REGISTERS else None)
                for hq, hv, _, _, bv in SHAPES}
     sources = {key + (name,): src for key, cfg in configs.items()
                for name, src in sources_for(Heads(*key[:2]), cfg).items()}

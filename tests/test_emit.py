@@ -22,6 +22,13 @@ GDN = gdnc.get_variant("gdn")
 KERNELS = {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
 
 
+def assert_forward_builds(cuda: str) -> None:
+    """nvcc builds a forward kernel's CUDA with wgmma, TMA and setmaxnreg, 512 threads, no spills."""
+    rep = nvcc_report(cuda)
+    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
+    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
+
+
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gdnc-cache"))
@@ -140,9 +147,7 @@ def test_pair_gates_on_the_loader_lower_and_build(block_v):
     assert "pair_gates=loader" in source and "pair_gates=output" in default
     for name in ("gate_in", "gate_ready", "gate_free"):
         assert name in source.split('"""')[2] and name not in default.split('"""')[2]
-    rep = nvcc_report(lower_cuda(source, "gdn_forward", GDN.ir_hash))
-    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
-    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0
+    assert_forward_builds(lower_cuda(source, "gdn_forward", GDN.ir_hash))
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
@@ -157,6 +162,4 @@ def test_m_on_the_prepare_role_lower_and_build(block_v):
     assert f"SNAPSHOTS = {1 if block_v == 128 else 2}" in body
     cuda = lower_cuda(source, "gdn_forward", GDN.ir_hash)
     assert "wgmma_rs" in cuda
-    rep = nvcc_report(cuda)
-    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
-    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0
+    assert_forward_builds(cuda)
