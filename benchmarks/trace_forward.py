@@ -63,7 +63,7 @@ def main(argv=None):
     import torch
 
     from gdnc.bench.shapes import Shape, make_inputs
-    from gdnc.ops import kernels, output_allocator, prepare_args, sequence_ranges
+    from gdnc.ops import kernels, output_allocator, packed_ranges, prepare_args
     from gdnc.reference.problem import check_arguments
 
     clock_ghz = torch.cuda.get_device_properties(0).clock_rate / 1e6  # kHz -> GHz
@@ -85,9 +85,10 @@ def main(argv=None):
         o = torch.empty(T, hv, 128, dtype=q.dtype, device="cuda")
         ht = torch.empty(n, hv, 128, 128, dtype=torch.float32, device="cuda")
         h0 = torch.zeros(n, hv, 128, 128, dtype=torch.float32, device="cuda")
-        for _ in range(2):  # the second run is the one kept: caches and clocks warm
+        rows = torch.arange(n, dtype=torch.int32, device="cuda")  # each sequence's final state to its row
+        for _ in range(2):  # the second run is the one kept: caches and clocks warm (zero_start 0: from h0)
             compiled["gdn_forward"](q.reshape(T, hq, 128), prep.k, v.reshape(T, hv, 128), prep.l2_gate, prep.beta,
-                                    prep.a_free, *sequence_ranges(cu), h0, s.scale, o, ht, trace)
+                                    prep.a_free, *packed_ranges(cu), 0, h0, s.scale, o, rows, ht, trace)
         torch.cuda.synchronize()
         stamps = trace.cpu()
         steady = slice(chunks // 4, chunks)  # past the pipeline's fill

@@ -5,19 +5,21 @@ and its tests are in gdnc.reference.segments).
 Every step runs on the device with shapes the host knows (no host sync, so the op can be captured
 in a CUDA graph). Sequence n's slot p covers tokens [cu_n + p·L, cu_n + (p+1)·L) clipped to the
 sequence (possibly empty). The plan (the cp_plan kernel, or plan_slots, its torch reference)
-reads only gdn_prepare's outputs. A packed ``forward(v, h0, start, end, o) -> final`` over token
-ranges (the generated kernel, or the chunked reference in tests) runs three times:
+reads only gdn_prepare's outputs. A packed forward over token ranges (``split_forward``'s
+``forward``: the generated kernel, or the chunked reference in tests) runs three times, and each
+pass writes only the end states the next step reads:
 
     1. warm-up: for every boundary (the start b of a non-empty slot p >= 1), the state at b from a
        zero start over a window [a, b) of whole chunks: the fewest chunks whose decay is at most τ
        in every head (shortcut), or the whole previous segment (then the window's end state is
-       that segment's S_ext, and the boundary is "exact")
+       that segment's S_ext, and the boundary is "exact"), from a zero start that is not read
     2. transitions: for exact boundaries only, the previous segment's K×K transition M, as the same
-       forward with v = 0 from S = I (the state map is linear in S); empty ranges elsewhere
+       forward with v = 0 from S = I (the state map is linear in S); empty ranges, which read and
+       write nothing, elsewhere
     3. the chain S_start(p) = M_p S_start(p-1) + W_p (M_p dropped at shortcut boundaries; the
        cp_chain kernel, or chain_reference), in place over the warm-up states, then every slot
        from its start state: o for every token, and each sequence's final state from its last
-       non-empty slot
+       non-empty slot, written straight into the call's final states
 
 The shortcut drops M_p S_start(p-1), whose norm is at most e^{decay of the window} ‖S_start‖ when
 every transition α_t (I − β_t k_t k_tᵀ) in the window has norm at most α_t, that is when
@@ -46,7 +48,8 @@ class Slots(NamedTuple):
     window_start: torch.Tensor  # warm-up window [window_start, start) before each slot
     exact: torch.Tensor  # 1: this slot's start state is chained exactly (needs M), else 0
     transition_start: torch.Tensor  # the transition pass's range [transition_start, start): empty unless exact
-    final_slot: torch.Tensor  # [N] int64: the range whose end state is sequence n's final state
+    transition_row: torch.Tensor  # where the transition pass writes the slot's M: its range p·N + n if exact, else −1
+    final_row: torch.Tensor  # where the last pass writes the slot's end state: n at sequence n's final slot, else −1
 
 
 def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -93,11 +96,14 @@ def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor,
     window = torch.where(shortcut, boundary - chunk * (first + 1), start[:-1])
     window_start = torch.cat([start[:1], torch.where(chained, window, boundary)])  # empty slots: an empty window
     # the last non-empty slot; slot 0 (empty: its start state, h0) for an empty sequence
-    final_slot = (((cu[1:] - cu[:-1] + L - 1) // L).clamp_min(1) - 1) * cu[:-1].numel() \
-        + torch.arange(cu[:-1].numel(), device=cu.device)
+    N = cu.numel() - 1
+    final_slot = ((cu[1:] - cu[:-1] + L - 1) // L).clamp_min(1) - 1  # [N]
+    rows = torch.arange(P * N, device=cu.device).view(P, N)
+    slot = torch.arange(P, device=cu.device)[:, None]
     i32 = torch.int32
     return Slots(start.to(i32), end.to(i32), window_start.to(i32), exact.to(i32),
-                 torch.where(exact, window_start, start).to(i32), final_slot)
+                 torch.where(exact, window_start, start).to(i32), torch.where(exact, rows, -1).to(i32),
+                 torch.where(slot == final_slot, rows % N, -1).to(i32))
 
 
 def run_planner(kernel, cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, plan: ForwardPlan,
@@ -106,8 +112,7 @@ def run_planner(kernel, cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torc
     (cu int32; every output element is written)."""
     config.check(chunk)  # the kernel holds at most MAX_WARMUP_CHUNKS windows
     P, N = plan.slots, cu.numel() - 1
-    slot_ints = lambda: torch.empty(P, N, dtype=torch.int32, device=cu.device)  # noqa: E731
-    slots = Slots(*(slot_ints() for _ in range(5)), torch.empty(N, dtype=torch.int64, device=cu.device))
+    slots = Slots(*(torch.empty(P, N, dtype=torch.int32, device=cu.device) for _ in Slots._fields))
     kernel(cu, l2_gate, contracts, plan.segment_len, *window_limits(plan, config, chunk), *slots)
     return slots
 
@@ -127,9 +132,9 @@ def chain_reference(states: torch.Tensor, transition: torch.Tensor, exact: torch
 _KEPT: dict[tuple, list[torch.Tensor]] = {}
 
 
-def _kept(key: tuple, rows: int, make) -> torch.Tensor:
+def kept_rows(key: tuple, rows: int, make) -> torch.Tensor:
     """The first ``rows`` rows of a buffer kept between calls under ``key`` (``make(rows)`` makes
-    one): the passes only read these, and a fresh one would cost its fill every call. A kept
+    one): the kernels only read these, and a fresh one would cost its fill every call. A kept
     buffer is never freed, since a captured CUDA graph may read it; one made during capture is not
     kept, since capture does not run its fill."""
     kept = _KEPT.setdefault(key, [])
@@ -142,27 +147,33 @@ def _kept(key: tuple, rows: int, make) -> torch.Tensor:
 
 
 def kept_zeros(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """A zero tensor of ``shape``, from kept buffers (_kept)."""
+    """A zero tensor of ``shape``, from kept buffers (kept_rows)."""
     rows = math.prod(shape)
-    return _kept(("zeros", device, dtype), rows, lambda r: torch.zeros(r, dtype=dtype, device=device)).view(shape)
+    return kept_rows(("zeros", device, dtype), rows, lambda r: torch.zeros(r, dtype=dtype, device=device)).view(shape)
 
 
 def kept_identity(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """Identity matrices [..., K, K] of ``shape``, from kept buffers (_kept)."""
+    """Identity matrices [..., K, K] of ``shape``, from kept buffers (kept_rows)."""
     K, rows = shape[-1], math.prod(shape[:-2])
     make = lambda r: torch.eye(K, dtype=dtype, device=device).expand(r, K, K).contiguous()  # noqa: E731
-    return _kept(("identity", device, dtype, K), rows, make).view(shape)
+    return kept_rows(("identity", device, dtype, K), rows, make).view(shape)
 
 
-def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor):
+def kept_range(count: int, device) -> torch.Tensor:
+    """0, 1, …, count − 1 as int32, from kept buffers (kept_rows)."""
+    return kept_rows(("range", device), count, lambda r: torch.arange(r, dtype=torch.int32, device=device))
+
+
+def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor, empty):
     """o (written into ``o`` [tokens, HV, V]) and the final states [N, HV, K, V] of the packed call,
     segment-parallel over ``slots`` (plan_slots or run_planner). v: [tokens, HV, V]; h0:
     [N, HV, K, V] or None. The states, transitions and chain are in h0's dtype (fp32 without h0;
-    the kernels' state dtype).
+    the kernels' state dtype), in buffers from ``empty(*shape, dt=dtype)`` (ops.output_allocator).
 
-    forward(v, h0, start, end, o) -> final runs the packed forward over the token ranges
-    [start_i, end_i) (int32 [S]) from h0 [S, HV, K, V], writes o's rows of those ranges and returns
-    the end states [S, HV, K, V] (a fresh tensor); an empty range returns its h0.
+    forward(v, h0, start, end, o, final, final_row) runs the packed forward over the token ranges
+    [start_r, end_r) (int32 [R]) from h0[r] ([R, HV, K, V]; None: from zero, not read), writes o's
+    rows of those ranges, and writes range r's end state to final[final_row[r]] where
+    final_row[r] >= 0 (int32 [R]); an empty range ends in its start state.
     chain(states, transition, exact, h0) is chain_reference or the cp_chain kernel (same arguments)."""
     P, N = slots.start.shape
     HV, V = v.shape[1:]
@@ -173,11 +184,13 @@ def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slot
     dtype, device = (torch.float32 if h0 is None else h0.dtype), v.device
     flat = lambda x: x.reshape(P * N)  # noqa: E731  slot p of sequence n is range p·N + n
     scratch = torch.empty_like(o)  # the summary passes' outputs, never read
-    states = forward(v, kept_zeros((P * N, HV, K, V), dtype, device), flat(slots.window_start), flat(slots.start),
-                     scratch)
-    # non-exact ranges are empty: their "transition" is the identity they start from, which the chain skips
-    transition = forward(kept_zeros(v.shape, v.dtype, device), kept_identity((P * N, HV, K, K), dtype, device),
-                         flat(slots.transition_start), flat(slots.start), scratch)
+    states = empty(P * N, HV, K, V, dt=dtype)
+    forward(v, None, flat(slots.window_start), flat(slots.start), scratch, states, kept_range(P * N, device))
+    # only exact ranges are non-empty and write their M; the chain reads no other
+    transition = empty(P * N, HV, K, K, dt=dtype)
+    forward(kept_zeros(v.shape, v.dtype, device), kept_identity((P * N, HV, K, K), dtype, device),
+            flat(slots.transition_start), flat(slots.start), scratch, transition, flat(slots.transition_row))
     chain(states, transition, slots.exact, kept_zeros((N, HV, K, V), dtype, device) if h0 is None else h0)
-    finals = forward(v, states, flat(slots.start), flat(slots.end), o)
-    return finals.index_select(0, slots.final_slot)
+    final = empty(N, HV, K, V, dt=dtype)
+    forward(v, states, flat(slots.start), flat(slots.end), o, final, flat(slots.final_row))
+    return final

@@ -6,8 +6,9 @@ not cover falls back to the chunked reference, saying why once: no CUDA tensors 
 GPU), dtypes other than bf16 and head sizes other than K = V = 128 (the only ones checked on the
 GPU yet), and — until gdnc generates the backward — calls that need gradients.
 
-Long sequences that leave SMs idle are split into segments that run in parallel (gdnc.cp; the
-plan in gdnc.plan). Everything after the argument check runs on the device with shapes the host
+A call launches gdn_prepare and gdn_forward, and nothing else on the device unless the inputs need
+converting (int32 offsets, fp32 g and beta, contiguous tensors). Long sequences that leave SMs idle
+are split into segments that run in parallel (gdnc.cp; the plan in gdnc.plan): four launches more. Everything after the argument check runs on the device with shapes the host
 knows, so a call can be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on
 the host once (a device sync) to check its offsets; during capture it does not, and the offsets
 are not checked.
@@ -22,7 +23,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from gdnc.cp import run_planner, split_forward
+from gdnc.cp import kept_range, kept_rows, kept_zeros, run_planner, split_forward
 from gdnc.emit.build import compile_all
 from gdnc.emit.config import FORWARD_WIDTHS, ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
@@ -111,25 +112,25 @@ def kernels(heads: Heads, forward: ForwardConfig | None = None, prepare: Prepare
     return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
 
-def chunk_index(cu: torch.Tensor, tokens: int) -> torch.Tensor:
-    """[slots, 2] int32 (sequence, chunk within it) for every chunk of the packed sequences ``cu``
-    [N + 1], computed on the device (no host sync, so the call can be captured in a CUDA graph).
-
-    The number of chunks depends on the lengths, so there are tokens // C + N slots, an upper bound;
-    the slots past the last chunk point past the last sequence's end, where gdn_prepare reads
-    nothing unguarded and writes nothing."""
-    lengths = cu[1:] - cu[:-1]
-    per_seq = (lengths + CHUNK - 1) // CHUNK
-    first = torch.cumsum(per_seq, 0) - per_seq
-    slots = torch.arange(tokens // CHUNK + cu.numel() - 1, device=cu.device, dtype=first.dtype)
-    seq = torch.searchsorted(first, slots, right=True) - 1
-    return torch.stack([seq, slots - first[seq]], 1).to(torch.int32)
+def packed_ranges(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """gdn_forward's (seq_start, seq_end, end_offset) for the packed sequences ``cu`` [N + 1] int32:
+    range n is [cu[n], cu[n + 1]), read from cu itself (no copies, so no launches)."""
+    return cu, cu, 1
 
 
-def sequence_ranges(cu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """gdn_forward's (seq_start, seq_end) [N] int32 for the packed sequences ``cu`` [N + 1]: copies,
-    since a range array that starts 4 bytes into cu would be a misaligned kernel argument."""
-    return cu[:-1].clone(), cu[1:].clone()
+def final_rows(count: int, wanted: bool, device) -> torch.Tensor:
+    """gdn_forward's final_row for ``count`` packed sequences: each to its own row, or (not ``wanted``)
+    nowhere, so that the kernel does not store final states nobody reads."""
+    if wanted:
+        return kept_range(count, device)
+    return kept_rows(("nowhere", device), count, lambda r: torch.full((r,), -1, dtype=torch.int32, device=device))
+
+
+def dense_offsets(batch: int, length: int, device) -> torch.Tensor:
+    """cu_seqlens [batch + 1] int32 of ``batch`` sequences of ``length`` tokens (a dense call), from a
+    buffer kept between calls (gdnc.cp.kept_rows): a fresh one would cost a launch every call."""
+    make = lambda rows: torch.arange(rows, dtype=torch.int32, device=device) * length  # noqa: E731
+    return kept_rows(("dense offsets", device, length), batch + 1, make)
 
 
 def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: SplitConfig = SplitConfig()) -> ForwardPlan:
@@ -139,13 +140,12 @@ def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: Split
 
 
 class PrepareArgs(NamedTuple):
-    """gdn_prepare's arguments in its order: packed inputs, the chunk layout, its three outputs."""
+    """gdn_prepare's arguments in its order: packed inputs, the sequences, its three outputs."""
 
     k: torch.Tensor  # [B·T, H, K]
     g: torch.Tensor  # [B·T, HV] fp32
     beta: torch.Tensor  # [B·T, HV] fp32
     cu_seqlens: torch.Tensor  # [N + 1] int32
-    chunk_index: torch.Tensor  # [chunks, 2] int32
     a_free: torch.Tensor  # [B·T, HV, C], written by the kernel
     l2_gate: torch.Tensor  # [B·T, HV] fp32, written by the kernel
     contracts: torch.Tensor  # [B·T, HV] fp32, written at each chunk's first row (1.0: every transition non-expansive)
@@ -160,12 +160,12 @@ def output_allocator(device, poison: bool):
 
 
 def prepare_args(k, g, beta, s, cu_seqlens, empty) -> PrepareArgs:
-    """gdn_prepare's arguments for a checked call ``s``: k, g, beta packed to B·T rows, the chunk
-    layout of ``cu_seqlens`` (int32 offsets), and output buffers from ``empty``."""
+    """gdn_prepare's arguments for a checked call ``s``: k, g, beta packed to B·T rows, ``cu_seqlens``
+    (int32 offsets), and output buffers from ``empty``."""
     tokens = s.B * s.T
     return PrepareArgs(k.reshape(tokens, s.H, s.K).contiguous(), g.reshape(tokens, s.HV).float().contiguous(),
                        beta.reshape(tokens, s.HV).float().contiguous(), cu_seqlens,
-                       chunk_index(cu_seqlens, tokens), empty(tokens, s.HV, CHUNK, dt=k.dtype),
+                       empty(tokens, s.HV, CHUNK, dt=k.dtype),
                        empty(tokens, s.HV, dt=torch.float32), empty(tokens, s.HV, dt=torch.float32))
 
 
@@ -179,7 +179,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     # the module's defaults are read at call time, so that tests and benchmarks can swap them
     compiled = kernels(heads, forward_config(plan.block_v), DEFAULT_PREPARE)
     if cu_seqlens is None:
-        cu = torch.arange(0, s.B + 1, device=device, dtype=torch.int32) * s.T
+        cu = dense_offsets(s.B, s.T, device)
     else:
         cu = cu_seqlens.to(torch.int32)
     empty = output_allocator(device, os.environ.get("GDNC_POISON_OUTPUTS") == "1")
@@ -189,20 +189,21 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     v_packed = v.reshape(tokens, s.HV, s.V).contiguous()
     o = empty(tokens, s.HV, s.V, dt=dtype)
 
-    def forward(v_, h0, start, end, o_):
-        """gdn_forward over the token ranges [start_i, end_i) from h0 [ranges, HV, K, V]."""
-        final = empty(start.numel(), s.HV, s.K, s.V, dt=torch.float32)
-        compiled["gdn_forward"](q_packed, prep.k, v_, prep.l2_gate, prep.beta, prep.a_free, start, end, h0, s.scale,
-                                o_, final)
-        return final
+    unread = kept_zeros((1, s.HV, s.K, s.V), torch.float32, device)  # binds initial_state where none is read
+
+    def forward(v_, h0, start, end, o_, final, final_row, end_offset=0):
+        """gdn_forward over the token ranges [start_r, end_{r + end_offset}) from h0 [ranges, HV, K, V] (None:
+        from zero), range r's end state to final[final_row[r]] where final_row[r] >= 0 (gdnc.cp.split_forward)."""
+        compiled["gdn_forward"](q_packed, prep.k, v_, prep.l2_gate, prep.beta, prep.a_free, start, end, end_offset,
+                                int(h0 is None), unread if h0 is None else h0, s.scale, o_, final_row, final)
 
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     if plan.split:
-        # six launches, no host sync: cp_plan, the three forward passes, cp_chain and one gather of the finals
+        # after gdn_prepare, five launches and no host sync: cp_plan, the three forward passes, cp_chain
         slots = run_planner(compiled["cp_plan"], cu, prep.l2_gate, prep.contracts, plan, split, CHUNK)
-        final_state = split_forward(forward, compiled["cp_chain"], v_packed, h0, slots, o)
+        final_state = split_forward(forward, compiled["cp_chain"], v_packed, h0, slots, o, empty)
     else:
-        if h0 is None:
-            h0 = torch.zeros(N, s.HV, s.K, s.V, dtype=torch.float32, device=device)
-        final_state = forward(v_packed, h0, *sequence_ranges(cu), o)
+        start, end, end_offset = packed_ranges(cu)
+        final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
+        forward(v_packed, h0, start, end, o, final_state, final_rows(N, output_final_state, device), end_offset)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)

@@ -53,15 +53,17 @@ def chunk_contracts(k, beta, cu, chunk=64):
 
 
 def reference_forward(q, k, g, beta):
-    """The chunked reference as split_forward's packed forward over token ranges."""
-    def forward(v, h0, start, end, o):
-        finals = h0.clone()
-        for i, (a, b) in enumerate(zip(start.tolist(), end.tolist())):
+    """The chunked reference as split_forward's packed forward over token ranges: it writes only
+    the end states final_row asks for, so a pass that misses one leaves it NaN."""
+    def forward(v, h0, start, end, o, final, final_row):
+        for i, (a, b, row) in enumerate(zip(start.tolist(), end.tolist(), final_row.tolist())):
+            state = torch.zeros(final.shape[1:], dtype=torch.float64) if h0 is None else h0[i].double()
             if b > a:
                 o_i, ht = chunked(GDN, q[None, a:b], k[None, a:b], v[None, a:b], g=g[None, a:b],
-                                  beta=beta[None, a:b], initial_state=h0[i:i + 1].double(), output_final_state=True)
-                o[a:b], finals[i] = o_i[0].to(o.dtype), ht[0].to(finals.dtype)
-        return finals
+                                  beta=beta[None, a:b], initial_state=state[None], output_final_state=True)
+                o[a:b], state = o_i[0].to(o.dtype), ht[0]
+            if row >= 0:
+                final[row] = state.to(final.dtype)
     return forward
 
 
@@ -75,7 +77,8 @@ def run_split(q, k, v, g, beta, h0, cu, segment_len, config=SplitConfig()):
     plan = ForwardPlan(64, segment_len, -(-q.shape[0] // segment_len))
     slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan, config)
     o = torch.full_like(v, float("nan"))
-    final = split_forward(reference_forward(q, k, g, beta), chain_reference, v, h0, slots, o)
+    nan = lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt)  # noqa: E731  every state read must be written
+    final = split_forward(reference_forward(q, k, g, beta), chain_reference, v, h0, slots, o, nan)
     return o, final, slots
 
 
@@ -162,14 +165,16 @@ def test_an_empty_sequence_ends_in_its_initial_state(gen):
     lengths = [450, 0, 63, 200]
     q, k, v, g, beta, h0, cu = packed_case(gen, lengths)
     o, final, slots = run_split(q, k, v, g, beta, h0, cu, 128)
-    assert int(slots.final_slot[1]) == 1 and torch.equal(final[1], h0[1])
+    assert slots.final_row[:, 1].tolist() == [1] + [-1] * (slots.final_row.shape[0] - 1)
+    assert torch.equal(final[1], h0[1])
     kept = [0, 2, 3]
     o_ref, ht_ref = unsplit(q, k, v, g, beta, h0[kept], torch.tensor([0, 450, 513, 713], dtype=torch.int32))
     assert relative_error(o, o_ref) <= 1e-10 and relative_error(final[kept], ht_ref) <= 1e-10
 
 
 def test_plan_outputs_for_the_passes(gen):
-    """transition_start opens a range only at exact slots; final_slot is the last non-empty slot."""
+    """transition_start opens a range only at exact slots, whose M goes to row p·N + n (nowhere
+    elsewhere); final_row sends the last non-empty slot's end state to row n, no other slot's."""
     q, k, v, g, beta, h0, cu = packed_case(gen, gates="mixed")
     plan = ForwardPlan(64, 128, 6)
     slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan)
@@ -177,10 +182,12 @@ def test_plan_outputs_for_the_passes(gen):
     assert exact.any() and not exact.all()
     assert torch.equal(slots.transition_start[exact], slots.window_start[exact])
     assert torch.equal(slots.transition_start[~exact], slots.start[~exact])
-    N = len(LENGTHS)
-    last = torch.tensor([-(-n // 128) - 1 for n in LENGTHS])
-    assert torch.equal(slots.final_slot, last * N + torch.arange(N))
-    assert slots.final_slot.dtype == torch.int64
+    P, N = slots.start.shape
+    ranges = torch.arange(P * N, dtype=torch.int32).view(P, N)
+    assert torch.equal(slots.transition_row, torch.where(exact, ranges, -1))
+    last = [-(-n // 128) - 1 for n in LENGTHS]
+    assert slots.final_row.tolist() == [[n if p == last[n] else -1 for n in range(N)] for p in range(P)]
+    assert all(x.dtype == torch.int32 for x in slots)
 
 
 def test_chain_reference_is_the_recurrence(gen):

@@ -54,17 +54,93 @@ def test_bad_arguments_name_themselves():
         gdnc.chunk_gated_delta_rule(q, k, v, None, beta)
 
 
-def test_chunk_index_on_the_device_matches_the_sequences():
-    """gdn_prepare's chunk layout, built without reading cu_seqlens on the host: every real chunk
-    in order, then padding slots that point past the last sequence's end."""
+def test_prepare_finds_every_chunk_from_the_offsets():
+    """gdn_prepare's slot arithmetic (its template, in Python): over the T // C + N slots, slot s
+    goes to the last sequence n with cu[n] // C + n <= s, as chunk s − cu[n] // C − n; every chunk of
+    every sequence gets exactly one slot, a slot without a chunk starts at or past its sequence's
+    end (so it writes nothing), and no slot reads past one chunk beyond the tokens."""
     import math
 
-    from gdnc.ops import chunk_index
+    C = 64
+    for lengths in ([1], [64], [63], [65, 1, 63], [1000, 1, 2000, 64, 130], [128, 129, 127], [0, 5, 0],
+                    [1] * 300, [64] * 7 + [1]):
+        cu = [0] + torch.tensor(lengths).cumsum(0).tolist()
+        N, tokens = len(lengths), cu[-1]
+        found = []
+        for slot in range(tokens // C + N):
+            n = sum(cu[m] // C + m <= slot for m in range(N)) - 1
+            t0 = cu[n] + (slot - cu[n] // C - n) * C
+            assert t0 < tokens + C
+            if t0 < cu[n + 1]:
+                found.append((n, (t0 - cu[n]) // C))
+        assert found == [(n, c) for n, length in enumerate(lengths) for c in range(math.ceil(length / C))]
 
-    for lengths in ([1], [64], [65, 1, 63], [1000, 1, 2000, 64, 130], [128, 129, 127]):
-        cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
-        index = [tuple(row) for row in chunk_index(cu, sum(lengths)).tolist()]
-        chunks = [(n, c) for n, length in enumerate(lengths) for c in range(math.ceil(length / 64))]
-        assert index[:len(chunks)] == chunks
-        assert len(index) == sum(lengths) // 64 + len(lengths)
-        assert all(cu[n] + 64 * c >= cu[n + 1] for n, c in index[len(chunks):])
+
+class BoundKernel:
+    """Stands in for a compiled kernel on CPU: checks each call's arguments against the TileLang
+    signature of the rendered source (count, tensor or scalar, dtype, rank, contiguity, fixed sizes,
+    and every symbolic size bound to one value across the arguments); writes nothing."""
+
+    def __init__(self, source: str, name: str):
+        from gdnc.emit.build import load, materialize
+
+        self.name, self.func = name, load(materialize(source, name, gdnc.get_variant("gdn").ir_hash))
+        self.calls = 0
+
+    def __call__(self, *args):
+        from tvm import tirx
+
+        params = list(self.func.params)
+        assert len(args) == len(params), f"{self.name}: {len(args)} arguments for {len(params)} parameters"
+        sizes = {}
+        for param, arg in zip(params, args):
+            where = f"{self.name}({param.name})"
+            buffer = self.func.buffer_map.get(param)
+            if buffer is None:
+                expected = (int,) if str(param.dtype).startswith("int") else (int, float)
+                assert isinstance(arg, expected) and not isinstance(arg, bool), f"{where}: {type(arg)}, {param.dtype}"
+                continue
+            assert isinstance(arg, torch.Tensor), f"{where}: {type(arg)}, expected a tensor"
+            assert str(arg.dtype).removeprefix("torch.") == str(buffer.dtype), f"{where}: {arg.dtype}, {buffer.dtype}"
+            assert arg.dim() == len(buffer.shape) and arg.is_contiguous(), f"{where}: {tuple(arg.shape)}, {buffer.shape}"
+            for dim, size in zip(buffer.shape, arg.shape):
+                if isinstance(dim, tirx.IntImm):
+                    assert size == dim.value, f"{where}: {tuple(arg.shape)}, {buffer.shape}"
+                else:
+                    assert sizes.setdefault(dim.name, size) == size, f"{where}: {dim.name} = {size}, was {sizes[dim.name]}"
+        self.calls += 1
+
+
+@pytest.mark.parametrize("plan", ["unsplit", "split"])
+@pytest.mark.parametrize("varlen", [False, True])
+@pytest.mark.parametrize("h0", [False, True])
+def test_op_passes_every_kernel_its_parameters(plan, varlen, h0, monkeypatch):
+    """run_kernels, the op's kernel path, on CPU tensors with every kernel replaced by BoundKernel:
+    each launch gets what the kernel's signature declares, in its order."""
+    from gdnc.emit.config import Heads
+    from gdnc.ops import run_kernels, sources_for
+    from gdnc.plan import ForwardPlan
+    from gdnc.reference.problem import check_arguments
+
+    bound = {}
+
+    def fake_kernels(heads, forward, prepare):
+        for name, source in sources_for(heads, forward, prepare).items():
+            bound.setdefault((forward, prepare, name), BoundKernel(source, name))
+        return {name: kernel for (f, p, name), kernel in bound.items() if (f, p) == (forward, prepare)}
+
+    monkeypatch.setattr(gdnc.ops, "kernels", fake_kernels)
+    lengths = [130, 1, 500] if varlen else [631]
+    T = sum(lengths)
+    q, k, v, g, beta, state = inputs(T, 2, 8, 128, 128, N=len(lengths))
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32) if varlen else None
+    initial_state = state if h0 else None
+    s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=initial_state, cu_seqlens=cu,
+                        inputs={"g": g, "beta": beta})
+    chosen = ForwardPlan(128) if plan == "unsplit" else ForwardPlan(128, 256, -(-T // 256))
+    o, final = run_kernels(q, k, v, g, beta.float(), s, initial_state, True, cu, plan=chosen)
+    assert o.shape == v.shape and final.shape == (len(lengths), 8, 128, 128)
+    launches = {name: kernel.calls for (_, _, name), kernel in bound.items()}
+    expected = {"gdn_prepare": 1, "gdn_forward": 3, "cp_plan": 1, "cp_chain": 1} if chosen.split else \
+        {"gdn_prepare": 1, "gdn_forward": 1, "cp_plan": 0, "cp_chain": 0}
+    assert launches == expected
