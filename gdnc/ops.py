@@ -8,8 +8,9 @@ GPU yet), and — until gdnc generates the backward — calls that need gradient
 
 A call launches gdn_prepare and gdn_forward, and nothing else on the device unless the inputs need
 converting (int32 offsets, fp32 g and beta, contiguous tensors). Long sequences that leave SMs idle
-are split into segments that run in parallel (gdnc.cp; the plan in gdnc.plan): four launches more. Everything after the argument check runs on the device with shapes the host
-knows, so a call can be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on
+are split into segments that run in parallel (gdnc.cp; the plan in gdnc.plan): four launches more.
+Everything after the argument check runs on the device with shapes the host knows, so a call can
+be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on
 the host once (a device sync) to check its offsets; during capture it does not, and the offsets
 are not checked.
 """
