@@ -1,4 +1,5 @@
-"""gdnc's command line: list and show recurrences, check them against the references."""
+"""gdnc's command line: list and show recurrences, check them against the references, write and
+build their kernels, benchmark them."""
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,7 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from gdnc.check import check_references
-
-    from gdnc.check import check_kernels
+    from gdnc.check import check_kernels, check_references
     from gdnc.emit.config import Heads
 
     ok = True
@@ -51,6 +50,33 @@ def _cmd_explain(args) -> int:
 
     report = explain(_variant(args.variant), C=args.C, K=args.K, V=args.V)
     print(json.dumps(report, indent=1) if args.json else format_explain(report, show_programs=not args.costs_only))
+    return 0
+
+
+def _cmd_emit(args) -> int:
+    from pathlib import Path
+
+    from gdnc.emit.config import FORWARD_WIDTHS, Heads
+    from gdnc.emit.render import render
+    from gdnc.ir.classify import UnsupportedRecurrence
+    from gdnc.ops import DEFAULT_PREPARE, forward_config
+
+    rec = _variant(args.variant)
+    try:
+        heads = Heads(args.hq, args.hv, args.k, args.v, args.dtype)
+        widths = args.block_v or [w for w in FORWARD_WIDTHS if heads.v_dim % w == 0]
+        # the forward once per V block (file name says which), the other kernels once
+        sources = {}
+        for width in widths:
+            for name, source in render(rec, heads, forward_config(width), DEFAULT_PREPARE).items():
+                sources.setdefault(f"{name}_bv{width}" if name == "gdn_forward" else name, source)
+    except (UnsupportedRecurrence, ValueError) as e:
+        raise SystemExit(f"gdnc emit: {e}") from None
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, source in sources.items():
+        (out / f"{stem}.py").write_text(source)
+        print(out / f"{stem}.py")
     return 0
 
 
@@ -114,6 +140,18 @@ def main(argv=None) -> int:
     exp.add_argument("--json", action="store_true", help="machine-readable report")
     exp.add_argument("--costs-only", action="store_true", help="the cost table without the programs")
     exp.set_defaults(func=_cmd_explain)
+    emit = sub.add_parser("emit", help="write a recurrence's TileLang kernels (rendered sources) for one head "
+                                       "configuration, with the op's default configs")
+    emit.add_argument("variant")
+    emit.add_argument("--hq", type=int, required=True, help="q/k heads")
+    emit.add_argument("--hv", type=int, required=True, help="value heads (a multiple of --hq)")
+    emit.add_argument("--k", type=int, default=128, help="key head dim (default 128)")
+    emit.add_argument("--v", type=int, default=128, help="value head dim (default 128)")
+    emit.add_argument("--dtype", default="bfloat16", help="bfloat16 (default) or float16")
+    emit.add_argument("--block-v", type=int, nargs="+", default=None,
+                      help="forward V blocks to write (default: every one the op may pick)")
+    emit.add_argument("--out", required=True, help="folder for the .py files")
+    emit.set_defaults(func=_cmd_emit)
     build = sub.add_parser("build", help="compile the gdn kernels for head configurations ahead of time")
     build.add_argument("heads", nargs="+", help="h_qk/h_v pairs, e.g. 16/32 2/8")
     build.add_argument("--workers", type=int, default=os.cpu_count() or 1)

@@ -67,3 +67,32 @@ def test_bench_needs_a_gpu():
         pytest.skip("a GPU is present: the benchmark would run")
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         main(["bench", "--quick"])
+
+
+def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
+    """`gdnc emit`: the rendered TileLang sources of one head configuration, the forward at every V
+    block the op may pick, each readable Python whose header names the recurrence, IR hash and config."""
+    import gdnc
+
+    assert main(["emit", "gdn", "--hq", "16", "--hv", "32", "--out", str(tmp_path)]) == 0
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == sorted(["gdn_prepare.py", "cp_plan.py", "cp_chain.py"]
+                             + [f"gdn_forward_bv{w}.py" for w in FORWARD_WIDTHS])
+    assert sorted(capsys.readouterr().out.split()) == [str(tmp_path / name) for name in written]
+    for path in tmp_path.iterdir():
+        source = path.read_text()
+        compile(source, str(path), "exec")
+        assert gdnc.get_variant("gdn").ir_hash in source and "# recurrence:" in source
+    assert "block_v=64" in (tmp_path / "gdn_forward_bv64.py").read_text()
+    assert "h_qk=16, h_v=32" in (tmp_path / "gdn_prepare.py").read_text()
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["kda", "--hq", "2", "--hv", "8"], "no kernel template yet"),
+    (["gdn", "--hq", "16", "--hv", "30"], "multiple of h_qk"),
+    (["gdn", "--hq", "2", "--hv", "8", "--block-v", "48"], "block_v must be one of"),
+])
+def test_emit_refuses_what_it_cannot_write(argv, message, tmp_path):
+    with pytest.raises(SystemExit, match=message):
+        main(["emit", *argv, "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())
