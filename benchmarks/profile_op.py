@@ -1,16 +1,19 @@
 """Device time of every kernel in one forward call, by torch.profiler (CUDA activity), per shape.
 
     python benchmarks/profile_op.py [--shape 2/8:32768 ...] [--provider gdnc|FlashQLA ...]
-                                    [--segment-len N] [--block-v BV] [--forward KEY=VALUE ...] [--out F]
+                                    [--segment-len N] [--block-v BV] [--forward KEY=VALUE ...]
+                                    [--prepare KEY=VALUE ...] [--out F]
 
 gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments, at --block-v) with the
-forward's default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader); FlashQLA
+forward's default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader) and
+gdn_prepare's (or --prepare's string fields, e.g. order=head, inverse=substitution); FlashQLA
 runs its own chunk_gated_delta_rule with its default intra-card CP, so the two breakdowns sit side
 by side. Each call is also timed by the benchmark's
 time_calls (CUDA-graph replays, medians), on one input set: shapes that fit in L2 then run from it,
 unlike in the benchmark, which rotates input sets.
 """
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -71,6 +74,8 @@ def main(argv=None):
     parser.add_argument("--block-v", type=int, default=128, help="gdnc: the V block of a forced plan")
     parser.add_argument("--forward", nargs="*", default=[], metavar="KEY=VALUE",
                         help="gdnc: ForwardConfig fields (gdnc.ops.FORWARD_OPTIONS)")
+    parser.add_argument("--prepare", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="gdnc: PrepareConfig string fields (gdnc.ops.DEFAULT_PREPARE)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -79,8 +84,10 @@ def main(argv=None):
     import gdnc.ops
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
+    from gdnc.emit.config import PrepareConfig
 
     gdnc.ops.FORWARD_OPTIONS = dict(item.split("=", 1) for item in args.forward)
+    gdnc.ops.DEFAULT_PREPARE = PrepareConfig(**dict(item.split("=", 1) for item in args.prepare))
 
     runs = []
     for text in args.shape:
@@ -106,6 +113,7 @@ def main(argv=None):
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "forward_options": gdnc.ops.FORWARD_OPTIONS,
+                       "prepare": dataclasses.asdict(gdnc.ops.DEFAULT_PREPARE),
                        "runs": runs}, f, indent=1)
     return 0
 

@@ -75,6 +75,18 @@ def test_substitution_inverse_lowers_and_builds():
     assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
 
 
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+def test_prepare_in_head_order_lowers_and_builds():
+    """PrepareConfig(order="head"): one grid axis, the value heads of a chunk adjacent (so the GVA
+    heads sharing its k run together); the same kernel body, no spills, one CTA per (slot, head)."""
+    source = render(GDN, Heads(16, 48), ForwardConfig(), PrepareConfig(order="head"))["gdn_prepare"]
+    assert "order=head" in source and "slot, head = cta // H_V, cta % H_V" in source
+    cuda = lower_cuda(source, "gdn_prepare", GDN.ir_hash)
+    assert "blockIdx.y" not in cuda and "blockIdx.x)) % (int64_t)48" in cuda  # head = cta % H_V
+    rep = nvcc_report(cuda)
+    assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
+
+
 def test_unsupported_recurrence_is_refused_with_reason():
     with pytest.raises(UnsupportedRecurrence, match="no kernel template yet.*per-K"):
         render(gdnc.get_variant("kda"), Heads(2, 4))
@@ -99,6 +111,8 @@ def test_config_checks():
         Heads(2, 4, dtype="float32")
     with pytest.raises(ValueError, match="inverse must be 'substitution' or 'blocked'"):
         PrepareConfig(inverse="tf32").check(Heads(2, 4))
+    with pytest.raises(ValueError, match="order must be 'chunk' or 'head', got 'sequence'"):
+        PrepareConfig(order="sequence").check(Heads(2, 4))
     with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 .* got 5 for 'blocked'"):
         PrepareConfig(ctas_per_sm=5).check(Heads(2, 4))
     with pytest.raises(ValueError, match=r"1\.\.3 for the substitution .* got 4 for 'substitution'"):

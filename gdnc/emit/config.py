@@ -52,12 +52,17 @@ class PrepareConfig:
              "blocked" (16×16 diagonal blocks by substitution on 64 threads, then the merges of block
              pairs, A21 = −A22 (L21 A11), on all threads: width 16 on CUDA cores in fp32, width 32 on
              tensor cores in TF32)
+    order: which CTAs run next to each other. "chunk": the chunks of one value head (a 2-D grid,
+             head slowest); "head": the value heads of one chunk (a 1-D grid, head fastest), so the
+             h_v / h_qk heads that share a chunk of k (GVA) run together and read it from HBM about
+             once instead of once each. Not yet run on a GPU, so not the default.
     """
 
     chunk: int = 64
     threads: int = 128
     ctas_per_sm: int | None = None
     inverse: str = "blocked"
+    order: str = "chunk"
 
     def __post_init__(self):
         if self.ctas_per_sm is None:
@@ -73,6 +78,8 @@ class PrepareConfig:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
         if self.inverse not in ("substitution", "blocked"):
             raise ValueError(f"PrepareConfig.inverse must be 'substitution' or 'blocked', got {self.inverse!r}")
+        if self.order not in ("chunk", "head"):
+            raise ValueError(f"PrepareConfig.order must be 'chunk' or 'head', got {self.order!r}")
         if not 1 <= self.ctas_per_sm <= MAX_PREPARE_CTAS_PER_SM[self.inverse]:
             most = MAX_PREPARE_CTAS_PER_SM
             raise ValueError(f"PrepareConfig.ctas_per_sm must be in 1..{most['blocked']} for the blocked inverse, "
