@@ -75,6 +75,11 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     return run_kernels(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
 
 
+# the q/k/v dtypes the op runs the kernels for: float16 renders and builds too, and
+# tests/test_gpu_forward.py::test_float16 checks it, but it has not run on a GPU yet
+KERNEL_DTYPES = (torch.bfloat16,)
+
+
 def _unsupported(q, k, v, s) -> str | None:
     """Why the kernels cannot run this call, or None."""
     if not q.is_cuda:
@@ -82,8 +87,9 @@ def _unsupported(q, k, v, s) -> str | None:
     major, minor = torch.cuda.get_device_capability(q.device)
     if (major, minor) != (9, 0):
         return f"the kernels are built for Hopper (sm_90a), this GPU is sm_{major}{minor}"
-    if not q.dtype == k.dtype == v.dtype == torch.bfloat16:  # float16 renders, but is unchecked on the GPU
-        return f"the kernels are checked for bfloat16 q, k, v, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if not (q.dtype == k.dtype == v.dtype and q.dtype in KERNEL_DTYPES):
+        names = " or ".join(str(d).removeprefix("torch.") for d in KERNEL_DTYPES)
+        return f"the kernels are checked for q, k, v all {names}, got {q.dtype}, {k.dtype}, {v.dtype}"
     if (s.K, s.V) != (128, 128):  # the only head size checked on the GPU so far
         return f"the kernels are built and checked for K = V = 128, got K={s.K}, V={s.V}"
     return None

@@ -68,7 +68,16 @@ def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=t
 
 
 def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
-    o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu)
+    import warnings
+
+    import gdnc.ops
+
+    gdnc.ops._warned.clear()  # the op says a reason once a process: here, every call must be able to
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu)
+    fallbacks = [str(w.message) for w in caught if "using the chunked reference" in str(w.message)]
+    assert not fallbacks, f"the op did not run the kernels: {fallbacks}"
     torch.cuda.synchronize()
     assert torch.isfinite(o).all(), "o has NaN/inf: an element was not written or overflowed"
     assert torch.isfinite(ht).all(), "final_state has NaN/inf"
@@ -114,6 +123,24 @@ def test_every_value_block_width(block_v, m_role, gates, monkeypatch):
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = offsets(lengths)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu)
+
+
+@pytest.mark.parametrize("segment_len", [0, 256])
+@pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 64)])
+def test_float16(h_qk, h_v, segment_len, monkeypatch):
+    """fp16 q, k, v on the kernels (built for fp16; the yardstick in fp16): varlen with length-1
+    sequences and a tail, g = 0 beside strong decay, h0; the plan's unsplit width, and split in
+    256-token segments at 128 columns. Until it has passed, gdnc.ops.KERNEL_DTYPES leaves fp16 on
+    the reference."""
+    import gdnc.ops
+
+    monkeypatch.setattr(gdnc.ops, "KERNEL_DTYPES", (torch.bfloat16, torch.float16))
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    T = sum(lengths)
+    if segment_len:
+        monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(128, segment_len, -(-T // segment_len)))
+    o, _, _, _ = check(*inputs(T, h_qk, h_v, N=len(lengths), gates="mixed", dtype=torch.float16), cu=offsets(lengths))
+    assert o.dtype == torch.float16
 
 
 def test_repeated_runs_are_bitwise_identical():
