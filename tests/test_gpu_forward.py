@@ -5,12 +5,14 @@ fp32 accumulation and state, bf16 output); the kernel may be at most twice as fa
 Outputs are poisoned (NaN) before every run, inputs are fresh random each run.
 """
 import os
+import warnings
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gdnc
+import gdnc.ops
 from gdnc.check import kernel_vs_reference
 from gdnc.emit.config import DEFAULT_REGISTERS, PrepareConfig
 from gdnc.plan import ForwardPlan
@@ -68,11 +70,7 @@ def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=t
 
 
 def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
-    import warnings
-
-    import gdnc.ops
-
-    gdnc.ops._warned.clear()  # the op says a reason once a process: here, every call must be able to
+    gdnc.ops._warned.clear()  # the op warns of a fallback reason once a process: this call must warn too
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu)
