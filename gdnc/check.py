@@ -53,22 +53,17 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
     import shutil
 
     from gdnc.emit.build import lower_cuda, nvcc_report
-    from gdnc.emit.config import FORWARD_WIDTHS, PrepareConfig
-    from gdnc.emit.render import render
     from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import forward_config
+    from gdnc.ops import sources_by_width
 
-    # the forward at every width the op may pick; the other kernels do not depend on it
-    sources = {}
     try:
-        for block_v in FORWARD_WIDTHS:
-            for name, source in render(rec, heads, forward_config(block_v), PrepareConfig()).items():
-                sources.setdefault(f"{name} (block_v {block_v})" if name == "gdn_forward" else name, source)
+        sources = sources_by_width(rec, heads)
     except UnsupportedRecurrence as e:
         return True, f"{e} (references only)"
     lines, ok = [], True
-    for name, source in sources.items():
-        cuda = lower_cuda(source, name.split()[0], rec.ir_hash)
+    for (kernel, block_v), source in sources.items():
+        name = kernel if block_v is None else f"{kernel} (block_v {block_v})"
+        cuda = lower_cuda(source, kernel, rec.ir_hash)
         if shutil.which("nvcc") is None:
             lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
             continue

@@ -56,27 +56,21 @@ def _cmd_explain(args) -> int:
 def _cmd_emit(args) -> int:
     from pathlib import Path
 
-    from gdnc.emit.config import FORWARD_WIDTHS, Heads
-    from gdnc.emit.render import render
+    from gdnc.emit.config import Heads
     from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import DEFAULT_PREPARE, forward_config
+    from gdnc.ops import sources_by_width
 
     rec = _variant(args.variant)
     try:
-        heads = Heads(args.hq, args.hv, args.k, args.v, args.dtype)
-        widths = args.block_v or [w for w in FORWARD_WIDTHS if heads.v_dim % w == 0]
-        # the forward once per V block (file name says which), the other kernels once
-        sources = {}
-        for width in widths:
-            for name, source in render(rec, heads, forward_config(width), DEFAULT_PREPARE).items():
-                sources.setdefault(f"{name}_bv{width}" if name == "gdn_forward" else name, source)
+        sources = sources_by_width(rec, Heads(args.hq, args.hv, args.k, args.v, args.dtype), args.block_v)
     except (UnsupportedRecurrence, ValueError) as e:
         raise SystemExit(f"gdnc emit: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for stem, source in sources.items():
-        (out / f"{stem}.py").write_text(source)
-        print(out / f"{stem}.py")
+    for (kernel, block_v), source in sources.items():  # the file name says the forward's V block
+        path = out / (f"{kernel}.py" if block_v is None else f"{kernel}_bv{block_v}.py")
+        path.write_text(source)
+        print(path)
     return 0
 
 
@@ -84,26 +78,24 @@ def _cmd_build(args) -> int:
     import time
 
     from gdnc.emit.build import cache_root, compile_many
-    from gdnc.emit.config import FORWARD_WIDTHS, Heads
+    from gdnc.emit.config import Heads
     from gdnc.ir.library import get_variant
-    from gdnc.ops import forward_config, sources_for
+    from gdnc.ops import sources_by_width
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
     start = time.perf_counter()
-    # every forward config the op may pick (gdnc.plan), so a call never compiles on the GPU;
-    # kernels that do not depend on the forward config are built once
-    first_key = {}
-    for h in heads:
-        for block_v in FORWARD_WIDTHS:
-            for name, src in sources_for(h, forward_config(block_v)).items():
-                first_key.setdefault(src, (h, block_v, name))
-    sources = {key: src for src, key in first_key.items()}
+    # every forward config the op may pick (gdnc.plan), so a call never compiles on the GPU
+    sources = {(h, block_v, kernel): src for h in heads
+               for (kernel, block_v), src in sources_by_width(get_variant("gdn"), h).items()}
     print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "
           f"{args.workers} workers, cache {cache_root()}", flush=True)
-    compile_many(sources, args.workers, get_variant("gdn").ir_hash, progress=lambda done, key: print(
-        f"  [{done}/{len(sources)}] {key[0].h_qk}/{key[0].h_v} {key[2]} (block_v {key[1]}) "
-        f"({time.perf_counter() - start:.0f}s)",
-        flush=True))
+    def progress(done, key):
+        h, block_v, kernel = key
+        width = "" if block_v is None else f" (block_v {block_v})"
+        print(f"  [{done}/{len(sources)}] {h.h_qk}/{h.h_v} {kernel}{width} ({time.perf_counter() - start:.0f}s)",
+              flush=True)
+
+    compile_many(sources, args.workers, get_variant("gdn").ir_hash, progress=progress)
     return 0
 
 

@@ -10,9 +10,8 @@ A call launches gdn_prepare and gdn_forward, and nothing else on the device unle
 converting (int32 offsets, fp32 g and beta, contiguous tensors). Long sequences that leave SMs idle
 are split into segments that run in parallel (gdnc.cp; the plan in gdnc.plan): four launches more.
 Everything after the argument check runs on the device with shapes the host knows, so a call can
-be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on
-the host once (a device sync) to check its offsets; during capture it does not, and the offsets
-are not checked.
+be captured in a CUDA graph. Outside capture, the check reads cu_seqlens on the host once (a device
+sync) to check its offsets; during capture it does not, and the offsets are not checked.
 """
 from __future__ import annotations
 
@@ -111,6 +110,19 @@ def sources_for(heads: Heads, forward: ForwardConfig | None = None,
     """The rendered kernels for one head configuration (default configs until the autotuner picks;
     forward None: the op's config at the widest block)."""
     return render(get_variant("gdn"), heads, forward or forward_config(max(FORWARD_WIDTHS)), prepare)
+
+
+def sources_by_width(rec, heads: Heads, widths=None, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
+    """{(kernel name, block_v): TileLang source} of ``rec``'s kernels with the op's configs: gdn_forward
+    at every width in ``widths`` (default: every FORWARD_WIDTHS block dividing V, those the op may
+    pick), the kernels that do not depend on the forward config once, with block_v None.
+    Raises UnsupportedRecurrence where rec has no template, ValueError for a width it cannot take."""
+    widths = widths or [w for w in FORWARD_WIDTHS if heads.v_dim % w == 0]
+    sources = {}
+    for width in widths:
+        for name, source in render(rec, heads, forward_config(width), prepare).items():
+            sources.setdefault((name, width if name == "gdn_forward" else None), source)
+    return sources
 
 
 @functools.lru_cache(maxsize=None)
