@@ -1,12 +1,13 @@
 """Device time of every kernel in one forward call, by torch.profiler (CUDA activity), per shape.
 
     python benchmarks/profile_op.py [--shape 2/8:32768 ...] [--provider gdnc|FlashQLA ...]
-                                    [--segment-len N] [--block-v BV] [--forward KEY=VALUE ...]
-                                    [--prepare KEY=VALUE ...] [--out F]
+                                    [--segment-len N ...] [--block-v BV] [--forward KEY=VALUE ...]
+                                    [--prepare CONFIG ...] [--out F]
 
-gdnc runs its plan (or --segment-len: 0 unsplit, N forced segments, at --block-v) with the
+gdnc runs its plan (or each --segment-len: 0 unsplit, N forced segments, at --block-v) with the
 forward's default config (or --forward's fields, e.g. m_role=prepare, pair_gates=loader) and
-gdn_prepare's (or --prepare's string fields, e.g. order=head, inverse=substitution); FlashQLA
+gdn_prepare's as the plan picks it, or each --prepare config in turn ("plan", or PrepareConfig fields as
+KEY=VALUE[,KEY=VALUE...], e.g. heads_per_cta=group,order=head or inverse=substitution); FlashQLA
 runs its own chunk_gated_delta_rule with its default intra-card CP, so the two breakdowns sit side
 by side. Each call is also timed by the benchmark's
 time_calls (CUDA-graph replays, medians), on one input set: shapes that fit in L2 then run from it,
@@ -24,19 +25,16 @@ def gdnc_call(inputs, shape, segment_len, block_v):
     import gdnc
     from gdnc.emit.config import Heads
     from gdnc.ops import plan_for, run_kernels
-    from gdnc.plan import ForwardPlan
     from gdnc.reference.problem import check_arguments
 
     q, k, v, g, beta, h0, cu = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state", "cu_seqlens"))
     s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=h0, cu_seqlens=cu,
                         inputs={"g": g, "beta": beta})
     tokens = sum(shape.seq_lens)
-    if segment_len is None:
-        plan = plan_for(Heads(shape.h_qk, shape.h_v), tokens, len(shape.seq_lens), q.device)
-    elif segment_len == 0:
-        plan = ForwardPlan(block_v)
-    else:
-        plan = ForwardPlan(block_v, segment_len, math.ceil(tokens / segment_len))
+    plan = plan_for(Heads(shape.h_qk, shape.h_v), tokens, len(shape.seq_lens), q.device)
+    if segment_len is not None:  # the forced split keeps the plan's gdn_prepare
+        slots = math.ceil(tokens / segment_len) if segment_len else 1
+        plan = dataclasses.replace(plan, block_v=block_v, segment_len=segment_len, slots=slots)
     return (lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)), plan.__dict__
 
 
@@ -48,6 +46,17 @@ def peer_call(inputs, provider):
         raise SystemExit(f"provider {provider!r} is not available here")
     q, k, v, g, beta, h0, cu = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state", "cu_seqlens"))
     return lambda: fn(q, k, v, g, beta, None, h0, True, cu)
+
+
+def prepare_options(text, group):
+    """gdnc.ops.PREPARE_OPTIONS from "plan" (the plan picks heads_per_cta, the rest default) or
+    "KEY=VALUE[,KEY=VALUE...]": integers where the value is one, and "group" the shape's h_v / h_qk
+    (heads_per_cta=group: every value head of a k head)."""
+    if text == "plan":
+        return {}
+    fields = dict(item.split("=", 1) for item in text.split(","))
+    value = lambda v: group if v == "group" else int(v) if v.isdigit() else v  # noqa: E731
+    return {key: value(v) for key, v in fields.items()}
 
 
 def kernel_times(call):
@@ -70,12 +79,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", nargs="+", default=["2/8:32768"], help="h_qk/h_v:len[+len...]")
     parser.add_argument("--provider", nargs="+", default=["gdnc"], choices=["gdnc", "FlashQLA"])
-    parser.add_argument("--segment-len", type=int, default=None, help="gdnc: force a split (0: unsplit)")
+    parser.add_argument("--segment-len", type=int, nargs="+", default=[None],
+                        help="gdnc: force a split, each in turn (0: unsplit)")
     parser.add_argument("--block-v", type=int, default=128, help="gdnc: the V block of a forced plan")
     parser.add_argument("--forward", nargs="*", default=[], metavar="KEY=VALUE",
                         help="gdnc: ForwardConfig fields (gdnc.ops.FORWARD_OPTIONS)")
-    parser.add_argument("--prepare", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="gdnc: PrepareConfig string fields (gdnc.ops.DEFAULT_PREPARE)")
+    parser.add_argument("--prepare", nargs="+", default=["plan"], metavar="CONFIG",
+                        help="gdnc: gdn_prepare configs to profile one after another (gdnc.ops.PREPARE_OPTIONS): "
+                             "'plan' or KEY=VALUE[,KEY=VALUE...]")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
@@ -84,36 +95,36 @@ def main(argv=None):
     import gdnc.ops
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
-    from gdnc.emit.config import PrepareConfig
 
     gdnc.ops.FORWARD_OPTIONS = dict(item.split("=", 1) for item in args.forward)
-    gdnc.ops.DEFAULT_PREPARE = PrepareConfig(**dict(item.split("=", 1) for item in args.prepare))
-
     runs = []
     for text in args.shape:
         heads, lengths = text.split(":")
         hq, hv = map(int, heads.split("/"))
         shape = Shape(hq, hv, tuple(map(int, lengths.split("+"))))
         inputs = make_inputs(shape, torch.Generator("cuda").manual_seed(0))
-        for provider in args.provider:
+        prepares = {text: prepare_options(text, hv // hq) for text in args.prepare}
+        gdnc_runs = [("gdnc", name, n) for name in prepares for n in args.segment_len if "gdnc" in args.provider]
+        for provider, prepare, segment_len in gdnc_runs + [(p, None, None) for p in args.provider if p != "gdnc"]:
             plan = None
             if provider == "gdnc":
-                call, plan = gdnc_call(inputs, shape, args.segment_len, args.block_v)
+                gdnc.ops.PREPARE_OPTIONS = prepares[prepare]
+                call, plan = gdnc_call(inputs, shape, segment_len, args.block_v)
             else:
                 call = peer_call(inputs, provider)
             rows = kernel_times(call)
             total = sum(r["device_us"] for r in rows)
             timing = time_calls([call])
-            print(f"{provider} {text} plan {plan}: {timing.ms:.3f} ms ({timing.method}), {total:.0f} µs of kernels in "
+            label = provider if prepare is None else f"{provider} [prepare {prepare}]"
+            print(f"{label} {text} plan {plan}: {timing.ms:.3f} ms ({timing.method}), {total:.0f} µs of kernels in "
                   f"{sum(r['calls'] for r in rows)} launches")
             for r in rows[:12]:
                 print(f"  {r['device_us']:9.1f} µs  x{r['calls']:<3d} {r['kernel'][:110]}")
             runs.append({"provider": provider, "shape": text, "plan": plan, "timing": timing.as_dict(), "total_us": total,
-                         "kernels": rows})
+                         "prepare": None if prepare is None else prepares[prepare], "kernels": rows})
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "forward_options": gdnc.ops.FORWARD_OPTIONS,
-                       "prepare": dataclasses.asdict(gdnc.ops.DEFAULT_PREPARE),
                        "runs": runs}, f, indent=1)
     return 0
 

@@ -12,7 +12,7 @@ import sys
 import gdnc
 from gdnc.emit.build import compile_many
 from gdnc.emit.config import FORWARD_WIDTHS, Heads
-from gdnc.ops import sources_by_width
+from gdnc.ops import op_sources
 from gdnc.plan import ForwardPlan
 
 # h_qk, h_v, sequence lengths
@@ -37,8 +37,8 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     heads = sorted({(h, hv) for h, hv, _ in SHAPES})
-    sources = {(hq, hv, bv, name): src for hq, hv in heads
-               for (name, bv), src in sources_by_width(gdnc.get_variant("gdn"), Heads(hq, hv)).items()}
+    sources = {(hq, hv, variant, name): src for hq, hv in heads
+               for (name, variant), src in op_sources(gdnc.get_variant("gdn"), Heads(hq, hv)).items()}
     compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
     if args.compile_only:
         return 0

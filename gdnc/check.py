@@ -54,15 +54,15 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
 
     from gdnc.emit.build import lower_cuda, nvcc_report
     from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import sources_by_width
+    from gdnc.ops import op_sources
 
     try:
-        sources = sources_by_width(rec, heads)
+        sources = op_sources(rec, heads)
     except UnsupportedRecurrence as e:
         return True, f"{e} (references only)"
     lines, ok = [], True
-    for (kernel, block_v), source in sources.items():
-        name = kernel if block_v is None else f"{kernel} (block_v {block_v})"
+    for (kernel, variant), source in sources.items():
+        name = kernel if variant is None else f"{kernel} ({variant})"
         cuda = lower_cuda(source, kernel, rec.ir_hash)
         if shutil.which("nvcc") is None:
             lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")

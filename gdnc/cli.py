@@ -58,17 +58,17 @@ def _cmd_emit(args) -> int:
 
     from gdnc.emit.config import Heads
     from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import sources_by_width
+    from gdnc.ops import op_sources
 
     rec = _variant(args.variant)
     try:
-        sources = sources_by_width(rec, Heads(args.hq, args.hv, args.k, args.v, args.dtype), args.block_v)
+        sources = op_sources(rec, Heads(args.hq, args.hv, args.k, args.v, args.dtype), args.block_v)
     except (UnsupportedRecurrence, ValueError) as e:
         raise SystemExit(f"gdnc emit: {e}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for (kernel, block_v), source in sources.items():  # the file name says the forward's V block
-        path = out / (f"{kernel}.py" if block_v is None else f"{kernel}_bv{block_v}.py")
+    for (kernel, variant), source in sources.items():  # the file name says the variant's config
+        path = out / (f"{kernel}.py" if variant is None else f"{kernel}_{variant}.py")
         path.write_text(source)
         print(path)
     return 0
@@ -80,19 +80,19 @@ def _cmd_build(args) -> int:
     from gdnc.emit.build import cache_root, compile_many
     from gdnc.emit.config import Heads
     from gdnc.ir.library import get_variant
-    from gdnc.ops import sources_by_width
+    from gdnc.ops import op_sources
 
     heads = [Heads(*map(int, spec.split("/"))) for spec in args.heads]
     start = time.perf_counter()
-    # every forward config the op may pick (gdnc.plan), so a call never compiles on the GPU
-    sources = {(h, block_v, kernel): src for h in heads
-               for (kernel, block_v), src in sources_by_width(get_variant("gdn"), h).items()}
+    # every forward and prepare config the op may pick (gdnc.plan), so a call never compiles on the GPU
+    sources = {(h, variant, kernel): src for h in heads
+               for (kernel, variant), src in op_sources(get_variant("gdn"), h).items()}
     print(f"gdnc build: {len(sources)} kernels for {len(heads)} head configuration(s), "
           f"{args.workers} workers, cache {cache_root()}", flush=True)
     def progress(done, key):
-        h, block_v, kernel = key
-        width = "" if block_v is None else f" (block_v {block_v})"
-        print(f"  [{done}/{len(sources)}] {h.h_qk}/{h.h_v} {kernel}{width} ({time.perf_counter() - start:.0f}s)",
+        h, variant, kernel = key
+        label = "" if variant is None else f" ({variant})"
+        print(f"  [{done}/{len(sources)}] {h.h_qk}/{h.h_v} {kernel}{label} ({time.perf_counter() - start:.0f}s)",
               flush=True)
 
     compile_many(sources, args.workers, get_variant("gdn").ir_hash, progress=progress)

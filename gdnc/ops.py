@@ -15,6 +15,7 @@ sync) to check its offsets; during capture it does not, and the offsets are not 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -28,7 +29,7 @@ from gdnc.emit.build import compile_all
 from gdnc.emit.config import FORWARD_WIDTHS, ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.render import render
 from gdnc.ir.library import get_variant
-from gdnc.plan import ForwardPlan, SplitConfig, plan_forward
+from gdnc.plan import ForwardPlan, SplitConfig, plan_forward, prepare_heads_per_cta
 from gdnc.reference.chunked import chunked
 from gdnc.reference.problem import check_arguments
 
@@ -94,10 +95,11 @@ def _unsupported(q, k, v, s) -> str | None:
     return None
 
 
-# ForwardConfig fields the op sets besides the plan's block_v (tests and benchmarks swap them); the
-# rest (m_role, registers) take each width's defaults
+# ForwardConfig fields the op sets besides the plan's block_v, and PrepareConfig fields besides the
+# plan's heads_per_cta (a heads_per_cta here overrides the plan's); tests and benchmarks swap them.
+# The rest (m_role, registers, ...) take their defaults
 FORWARD_OPTIONS: dict = {}
-DEFAULT_PREPARE = PrepareConfig()
+PREPARE_OPTIONS: dict = {}
 
 
 def forward_config(block_v: int) -> ForwardConfig:
@@ -105,28 +107,37 @@ def forward_config(block_v: int) -> ForwardConfig:
     return ForwardConfig(block_v=block_v, **FORWARD_OPTIONS)
 
 
+def prepare_config(heads_per_cta: int) -> PrepareConfig:
+    """The gdn_prepare config the op runs at ``heads_per_cta`` value heads a CTA (read at call time)."""
+    return PrepareConfig(**{"heads_per_cta": heads_per_cta, **PREPARE_OPTIONS})
+
+
 def sources_for(heads: Heads, forward: ForwardConfig | None = None,
-                prepare: PrepareConfig = DEFAULT_PREPARE) -> dict[str, str]:
+                prepare: PrepareConfig | None = None) -> dict[str, str]:
     """The rendered kernels for one head configuration (default configs until the autotuner picks;
-    forward None: the op's config at the widest block)."""
-    return render(get_variant("gdn"), heads, forward or forward_config(max(FORWARD_WIDTHS)), prepare)
+    forward None: the op's config at the widest block; prepare None: one value head a CTA)."""
+    return render(get_variant("gdn"), heads, forward or forward_config(max(FORWARD_WIDTHS)),
+                  prepare or prepare_config(1))
 
 
-def sources_by_width(rec, heads: Heads, widths=None, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
-    """{(kernel name, block_v): TileLang source} of ``rec``'s kernels with the op's configs: gdn_forward
-    at every width in ``widths`` (default: every FORWARD_WIDTHS block dividing V, those the op may
-    pick), the kernels that do not depend on the forward config once, with block_v None.
+def op_sources(rec, heads: Heads, widths=None) -> dict:
+    """{(kernel name, variant): TileLang source} of every kernel the op may run for ``heads``:
+    gdn_forward at every width in ``widths`` (variant "bv32" ...; default: every FORWARD_WIDTHS
+    block dividing V), gdn_prepare at every heads_per_cta the plan may pick ("heads1", and
+    "heads{group}" with GVA), the kernels that depend on neither config once (variant None).
     Raises UnsupportedRecurrence where rec has no template, ValueError for a width it cannot take."""
     widths = widths or [w for w in FORWARD_WIDTHS if heads.v_dim % w == 0]
+    configs = [(width, 1) for width in widths] + [(widths[0], heads.group)]
     sources = {}
-    for width in widths:
-        for name, source in render(rec, heads, forward_config(width), prepare).items():
-            sources.setdefault((name, width if name == "gdn_forward" else None), source)
+    for width, heads_per_cta in configs:
+        for name, source in render(rec, heads, forward_config(width), prepare_config(heads_per_cta)).items():
+            variant = {"gdn_forward": f"bv{width}", "gdn_prepare": f"heads{heads_per_cta}"}.get(name)
+            sources.setdefault((name, variant), source)
     return sources
 
 
 @functools.lru_cache(maxsize=None)
-def kernels(heads: Heads, forward: ForwardConfig | None = None, prepare: PrepareConfig = DEFAULT_PREPARE) -> dict:
+def kernels(heads: Heads, forward: ForwardConfig | None = None, prepare: PrepareConfig | None = None) -> dict:
     """Compiled kernels for one head configuration and config (cached in-process and on disk)."""
     return compile_all(sources_for(heads, forward, prepare), get_variant("gdn").ir_hash)
 
@@ -153,9 +164,13 @@ def dense_offsets(batch: int, length: int, device) -> torch.Tensor:
 
 
 def plan_for(heads: Heads, tokens: int, num_sequences: int, device, split: SplitConfig = SplitConfig()) -> ForwardPlan:
-    """The plan of one call: V block and split (a fixed heuristic until the autotuner chooses per shape)."""
+    """The plan of one call: V block, split and gdn_prepare's heads a CTA (a fixed heuristic until the
+    autotuner chooses per shape)."""
     sm_count = torch.cuda.get_device_properties(device).multi_processor_count
-    return plan_forward(tokens, num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim, config=split)
+    plan = plan_forward(tokens, num_sequences, heads.h_v, sm_count, v_dim=heads.v_dim, config=split)
+    resident = sm_count * prepare_config(1).ctas_per_sm
+    return dataclasses.replace(plan, prepare_heads_per_cta=prepare_heads_per_cta(
+        tokens, num_sequences, heads.h_qk, heads.group, resident, CHUNK))
 
 
 class PrepareArgs(NamedTuple):
@@ -196,7 +211,7 @@ def run_kernels(q, k, v, g, beta, s, initial_state, output_final_state, cu_seqle
     tokens, N = s.B * s.T, s.num_sequences
     plan = plan or plan_for(heads, tokens, N, device, split)
     # the module's defaults are read at call time, so that tests and benchmarks can swap them
-    compiled = kernels(heads, forward_config(plan.block_v), DEFAULT_PREPARE)
+    compiled = kernels(heads, forward_config(plan.block_v), prepare_config(plan.prepare_heads_per_cta))
     if cu_seqlens is None:
         cu = dense_offsets(s.B, s.T, device)
     else:

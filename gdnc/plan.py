@@ -24,17 +24,21 @@ class SplitConfig:
     """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
     min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
     min_tokens: calls with fewer tokens are not split.
-    max_sequences: calls with up to this many sequences are split whenever one wave holds two
-         segments of one sequence, because one of them may hold nearly all the tokens; calls with
-         more only where the unsplit call leaves half the GPU idle (a batch is taken to be
-         balanced) and the sequences are long. Every sequence gets slots for all the tokens (the
+    max_sequences: calls with up to this many sequences are split as if one sequence held all the
+         tokens (one of them may), into the segment count that minimises the modelled time below;
+         calls with more only where the unsplit call leaves half the GPU idle (a batch is taken to
+         be balanced) and the sequences are long. Every sequence gets slots for all the tokens (the
          lengths are not read), so the slots, mostly empty, grow with the square of the sequence count.
     min_batch_sequence_tokens: such a batch is split only if it has this many tokens per sequence
          (shorter ones lose more to the split's fixed cost and empty slots than they gain).
     tau: log-space decay threshold of the gate-driven shortcut (gdnc.cp): a segment's start state is
          warmed up over the fewest whole chunks before it whose decay is at most tau in every head,
          used only where the transitions are provably non-expansive.
-    max_warmup_chunks: the longest warm-up tried before the exact chain is used instead."""
+    max_warmup_chunks: the longest warm-up tried before the exact chain is used instead.
+    wave_overhead_chunks: what one wave of segment CTAs (one CTA an SM) costs besides its chunks, in
+         chunk steps: loading and storing states, filling the pipeline, the warm-up pass. The segment
+         count n of a call of c chunks minimises ceil(n · CTAs a segment / SMs) · (ceil(c / n) + this):
+         a second wave of shorter segments beats one wave that leaves SMs idle (h_v = 48: 96 of 132)."""
 
     segment_len: int | None = None
     min_segment_chunks: int = 4
@@ -43,6 +47,7 @@ class SplitConfig:
     min_batch_sequence_tokens: int = 8192
     tau: float = -10.0
     max_warmup_chunks: int = 16
+    wave_overhead_chunks: float = 3.0
 
     def check(self, chunk: int = 64) -> None:
         if self.segment_len is not None and (self.segment_len < 0 or self.segment_len % chunk):
@@ -57,6 +62,8 @@ class SplitConfig:
         if self.max_warmup_chunks > MAX_WARMUP_CHUNKS:
             raise ValueError(f"SplitConfig.max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS} (the planner "
                              f"kernel's window mask), got {self.max_warmup_chunks}")
+        if not self.wave_overhead_chunks >= 0:
+            raise ValueError(f"SplitConfig.wave_overhead_chunks must be >= 0, got {self.wave_overhead_chunks}")
         if not self.tau < 0:
             raise ValueError(f"SplitConfig.tau must be negative (a log-space decay), got {self.tau}")
 
@@ -65,11 +72,13 @@ class SplitConfig:
 class ForwardPlan:
     """block_v: V columns per CTA. segment_len: tokens per segment, 0 when not split.
     slots: segment slots per sequence (ceil(tokens / segment_len): enough for the longest possible
-    sequence; slots past a sequence's end are empty ranges whose CTAs exit at once)."""
+    sequence; slots past a sequence's end are empty ranges whose CTAs exit at once).
+    prepare_heads_per_cta: value heads one gdn_prepare CTA prepares (PrepareConfig.heads_per_cta)."""
 
     block_v: int
     segment_len: int = 0
     slots: int = 1
+    prepare_heads_per_cta: int = 1
 
     @property
     def split(self) -> bool:
@@ -82,13 +91,14 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
 
     The lengths of the sequences are not used (reading cu_seqlens would sync the host), so the
     plan holds for any lengths: slots are sized for one sequence holding every token. Split at
-    the widest block, for calls of at least min_tokens tokens, when one wave holds at least two
-    segments' CTAs of every sequence: with at most max_sequences sequences (one long sequence, or
-    a long and a short one) as many segments as one wave holds of one sequence, with more
-    sequences of min_batch_sequence_tokens on average as many as it holds of each; never shorter
-    than min_segment_chunks. Unsplit: the narrowest block whose CTAs fit one wave (a CTA's chain
-    is shorter the fewer columns it carries, and a second wave costs a whole serial pass), else
-    the widest (the least repeated C×C work). (Measured on the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log.)"""
+    the widest block, for calls of at least min_tokens tokens: with at most max_sequences
+    sequences (one long sequence, or a long and a short one) into segment_count's segments; with
+    more, of min_batch_sequence_tokens on average, when one wave holds two segments' CTAs of each,
+    into as many as it holds; never shorter than min_segment_chunks. Unsplit: the narrowest block
+    whose CTAs fit one wave (a CTA's chain is shorter the fewer columns it carries, and a second
+    wave costs a whole serial pass), else the widest (the least repeated C×C work). Measured on
+    the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log and
+    2026-12-04-h200-prepare-sharing/profile_sweep.log."""
     config.check(chunk)
     widths = sorted(w for w in FORWARD_WIDTHS if v_dim % w == 0)
     if not widths:
@@ -98,7 +108,7 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
     if config.segment_len:
         return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
     if num_sequences <= config.max_sequences:
-        segments = sm_count // per_sequence
+        segments = segment_count(math.ceil(tokens / chunk), per_sequence, sm_count, config)
     else:  # a balanced batch of long sequences: split only if each gets two segments or more
         each = sm_count // (num_sequences * per_sequence)
         long = tokens >= num_sequences * config.min_batch_sequence_tokens
@@ -111,3 +121,26 @@ def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim
         if num_sequences * h_v * (v_dim // width) <= sm_count:
             return ForwardPlan(width)
     return ForwardPlan(wide)
+
+
+def segment_count(chunks: int, per_segment: int, sm_count: int, config: SplitConfig) -> int:
+    """How many segments to cut ``chunks`` chunks of one sequence into, ``per_segment`` CTAs each at one
+    CTA an SM: the count n of at least min_segment_chunks chunks a segment that minimises the
+    modelled time ceil(n · per_segment / sm_count) · (ceil(chunks / n) + wave_overhead_chunks) (the
+    fewest on a tie); 1 where no split is modelled faster than none."""
+    def cost(n):
+        return math.ceil(n * per_segment / sm_count) * (math.ceil(chunks / n) + config.wave_overhead_chunks)
+
+    most = max(1, chunks // config.min_segment_chunks)
+    return min(range(1, most + 1), key=lambda n: (cost(n), n))
+
+
+def prepare_heads_per_cta(tokens: int, num_sequences: int, h_qk: int, group: int, resident_ctas: int,
+                          chunk: int = 64) -> int:
+    """gdn_prepare's value heads a CTA: all ``group`` value heads of a k head, which then share one
+    load of k and one K Kᵀ, where its CTAs (one per chunk slot and k head) still fill the GPU
+    ``resident_ctas`` at a time; else one (h_v CTAs a slot, so more run side by side, each
+    shorter: 2/8 1×2048 prepares in 6.8 µs one head a CTA, 13.5 µs four; 16/48 28672 + 4096 in 365 and
+    325 µs, benchmarks/results/2026-12-04-h200-prepare-sharing/profile.log)."""
+    slots = tokens // chunk + num_sequences
+    return group if slots * h_qk >= resident_ctas else 1

@@ -37,7 +37,8 @@ def test_check_generates_and_builds_the_kernels(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
     assert main(["check", "gdn", "--T", "130", "--heads", "2/8"]) == 0
     out = capsys.readouterr().out
-    for name in ("gdn_prepare", "cp_plan", "cp_chain") + tuple(f"gdn_forward (block_v {bv})" for bv in FORWARD_WIDTHS):
+    for name in ("gdn_prepare (heads1)", "gdn_prepare (heads4)", "cp_plan", "cp_chain") + \
+            tuple(f"gdn_forward (bv{bv})" for bv in FORWARD_WIDTHS):
         assert f"PASS {name} 2/8: built for sm_90a" in out
     if not torch.cuda.is_available():
         assert "no Hopper GPU here" in out
@@ -53,8 +54,8 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
     start = time.perf_counter()
     assert main(["build", "2/8", "--workers", "2"]) == 0
     first = time.perf_counter() - start
-    # a forward config per width, and prepare, cp_plan, cp_chain once
-    assert f"[{len(FORWARD_WIDTHS) + 3}/{len(FORWARD_WIDTHS) + 3}] 2/8" in capsys.readouterr().out
+    # a forward config per width, prepare one head a CTA and four (GVA), cp_plan and cp_chain once
+    assert f"[{len(FORWARD_WIDTHS) + 4}/{len(FORWARD_WIDTHS) + 4}] 2/8" in capsys.readouterr().out
     sources = list(tmp_path.glob("*/sources/*/*.py"))
     assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
     start = time.perf_counter()
@@ -76,7 +77,7 @@ def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
 
     assert main(["emit", "gdn", "--hq", "16", "--hv", "32", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(["gdn_prepare.py", "cp_plan.py", "cp_chain.py"]
+    assert written == sorted(["gdn_prepare_heads1.py", "gdn_prepare_heads2.py", "cp_plan.py", "cp_chain.py"]
                              + [f"gdn_forward_bv{w}.py" for w in FORWARD_WIDTHS])
     assert sorted(capsys.readouterr().out.split()) == [str(tmp_path / name) for name in written]
     for path in tmp_path.iterdir():
@@ -84,7 +85,8 @@ def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
         compile(source, str(path), "exec")
         assert gdnc.get_variant("gdn").ir_hash in source and "# recurrence:" in source
     assert "block_v=64" in (tmp_path / "gdn_forward_bv64.py").read_text()
-    assert "h_qk=16, h_v=32" in (tmp_path / "gdn_prepare.py").read_text()
+    assert "h_qk=16, h_v=32" in (tmp_path / "gdn_prepare_heads1.py").read_text()
+    assert "heads_per_cta=2" in (tmp_path / "gdn_prepare_heads2.py").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -80,9 +80,24 @@ def test_prepare_in_head_order_lowers_and_builds():
     """PrepareConfig(order="head"): one grid axis, the value heads of a chunk adjacent (so the GVA
     heads sharing its k run together); the same kernel body, no spills, one CTA per (slot, head)."""
     source = render(GDN, Heads(16, 48), ForwardConfig(), PrepareConfig(order="head"))["gdn_prepare"]
-    assert "order=head" in source and "slot, head = cta // H_V, cta % H_V" in source
+    assert "order=head" in source and "slot, head_block = cta // HEAD_BLOCKS, cta % HEAD_BLOCKS" in source
     cuda = lower_cuda(source, "gdn_prepare", GDN.ir_hash)
     assert "blockIdx.y" not in cuda and "blockIdx.x)) % (int64_t)48" in cuda  # head = cta % H_V
+    rep = nvcc_report(cuda)
+    assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.parametrize("h_qk,h_v,order", [(hq, hv, "chunk") for hq, hv in BENCH_HEADS if hv > hq] + [(16, 48, "head")])
+def test_prepare_sharing_k_across_value_heads_lowers_and_builds(h_qk, h_v, order):
+    """PrepareConfig(heads_per_cta=group), which the plan picks for long calls: one CTA prepares
+    every value head of a k head, loading k and forming K Kᵀ (one wgmma) once for them; no spills."""
+    group = h_v // h_qk
+    source = render(GDN, Heads(h_qk, h_v), ForwardConfig(), PrepareConfig(heads_per_cta=group, order=order))["gdn_prepare"]
+    assert f"heads_per_cta={group}" in source and f"HEADS_PER_CTA = {group}" in source and "kk_kept" in source
+    cuda = lower_cuda(source, "gdn_prepare", GDN.ir_hash)
+    assert cuda.count("wgmma_ss<tl::DataType::kBFloat16") == 1  # K Kᵀ, once for the group
+    assert f"for (int member = 0; member < {group}; ++member)" in cuda
     rep = nvcc_report(cuda)
     assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
 
@@ -113,6 +128,10 @@ def test_config_checks():
         PrepareConfig(inverse="tf32").check(Heads(2, 4))
     with pytest.raises(ValueError, match="order must be 'chunk' or 'head', got 'sequence'"):
         PrepareConfig(order="sequence").check(Heads(2, 4))
+    with pytest.raises(ValueError, match=r"heads_per_cta must divide h_v / h_qk = 3 .* got 2"):
+        PrepareConfig(heads_per_cta=2).check(Heads(16, 48))
+    with pytest.raises(ValueError, match=r"heads_per_cta must divide h_v / h_qk = 4 .* got 0"):
+        PrepareConfig(heads_per_cta=0).check(Heads(2, 8))
     with pytest.raises(ValueError, match=r"ctas_per_sm must be in 1\.\.4 .* got 5 for 'blocked'"):
         PrepareConfig(ctas_per_sm=5).check(Heads(2, 4))
     with pytest.raises(ValueError, match=r"1\.\.3 for the substitution .* got 4 for 'substitution'"):

@@ -209,13 +209,16 @@ def test_a_fallback_during_capture_is_refused_clearly():
             gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
 
 
-@pytest.mark.parametrize("inverse,order", [("substitution", "chunk"), ("blocked", "chunk"), ("blocked", "head")])
-def test_every_prepare_config(inverse, order, monkeypatch):
-    """Both ways gdn_prepare forms the gate-free inverse, and both CTA orders, on varlen with
-    length-1 sequences and a tail, strong decay beside g = 0."""
+@pytest.mark.parametrize("inverse,order,heads_per_cta", [
+    ("substitution", "chunk", 1), ("blocked", "chunk", 1), ("blocked", "head", 1),
+    ("substitution", "chunk", 4), ("blocked", "chunk", 4), ("blocked", "head", 4)])
+def test_every_prepare_config(inverse, order, heads_per_cta, monkeypatch):
+    """Both ways gdn_prepare forms the gate-free inverse, both CTA orders, one value head a CTA and
+    all four of a k head (sharing K Kᵀ), on varlen with length-1 sequences and a tail, strong decay
+    beside g = 0."""
     import gdnc.ops
 
-    monkeypatch.setattr(gdnc.ops, "DEFAULT_PREPARE", PrepareConfig(inverse=inverse, order=order))
+    monkeypatch.setattr(gdnc.ops, "PREPARE_OPTIONS", {"inverse": inverse, "order": order, "heads_per_cta": heads_per_cta})
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = offsets(lengths)
     check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)

@@ -52,6 +52,9 @@ class PrepareConfig:
              "blocked" (16×16 diagonal blocks by substitution on 64 threads, then the merges of block
              pairs, A21 = −A22 (L21 A11), on all threads: width 16 on CUDA cores in fp32, width 32 on
              tensor cores in TF32)
+    heads_per_cta: value heads one CTA prepares, all of one k head (a divisor of h_v / h_qk): they share
+             the CTA's k tile and K Kᵀ, so k is loaded and K Kᵀ formed once for them, not once a head;
+             each head's β, inverse and cumsum then run one after another
     order: which CTAs run next to each other. "chunk": the chunks of one value head (a 2-D grid,
              head slowest); "head": the value heads of one chunk (a 1-D grid, head fastest), so the
              h_v / h_qk heads that share a chunk of k (GVA) run together and read it from HBM about
@@ -62,6 +65,7 @@ class PrepareConfig:
     threads: int = 128
     ctas_per_sm: int | None = None
     inverse: str = "blocked"
+    heads_per_cta: int = 1
     order: str = "chunk"
 
     def __post_init__(self):
@@ -78,6 +82,9 @@ class PrepareConfig:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
         if self.inverse not in ("substitution", "blocked"):
             raise ValueError(f"PrepareConfig.inverse must be 'substitution' or 'blocked', got {self.inverse!r}")
+        if not isinstance(self.heads_per_cta, int) or self.heads_per_cta < 1 or heads.group % self.heads_per_cta:
+            raise ValueError(f"PrepareConfig.heads_per_cta must divide h_v / h_qk = {heads.group} (the value heads "
+                             f"sharing one k head), got {self.heads_per_cta!r}")
         if self.order not in ("chunk", "head"):
             raise ValueError(f"PrepareConfig.order must be 'chunk' or 'head', got {self.order!r}")
         if not 1 <= self.ctas_per_sm <= MAX_PREPARE_CTAS_PER_SM[self.inverse]:
