@@ -3,8 +3,8 @@
 The forward runs two generated kernels: gdn_prepare (per chunk, the gate-free inverse and the
 cumulative log2 gate), then the fused, warp-specialised forward over chunks. What the kernels do
 not cover falls back to the chunked reference, saying why once: no CUDA tensors (or not a Hopper
-GPU), dtypes other than bf16 and head sizes other than K = V = 128 (the only ones checked on the
-GPU yet), and — until gdnc generates the backward — calls that need gradients.
+GPU), dtypes other than bf16 and fp16, head sizes other than K = V = 128 (the only ones checked on
+the GPU yet), and — until gdnc generates the backward — calls that need gradients.
 
 A call launches gdn_prepare and gdn_forward, and nothing else on the device unless the inputs need
 converting (int32 offsets, fp32 g and beta, contiguous tensors). Long sequences that leave SMs idle
@@ -47,7 +47,7 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
                            use_qk_l2norm_in_kernel=False, cu_seqlens=None):
     """Gated DeltaNet, chunked, with FLA's signature and conventions.
 
-    q, k: [B, T, H, K] (bf16 runs the kernels); v: [B, T, HV, V] (HV a multiple of H); g: [B, T, HV] log-space
+    q, k: [B, T, H, K] (bf16 or fp16 run the kernels); v: [B, T, HV, V] (HV a multiple of H); g: [B, T, HV] log-space
     decay (fp32); beta: [B, T, HV]; initial_state: [N, HV, K, V] fp32; cu_seqlens: [N + 1] int
     with B = 1 for packed sequences. Returns o [B, T, HV, V] in v's dtype and the final state
     [N, HV, K, V] fp32 (None unless output_final_state).
@@ -75,9 +75,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     return run_kernels(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
 
 
-# the q/k/v dtypes the op runs the kernels for: float16 renders and builds too, and
-# tests/test_gpu_forward.py::test_float16 checks it, but it has not run on a GPU yet
-KERNEL_DTYPES = (torch.bfloat16,)
+# the q/k/v dtypes the op runs the kernels for (fp16: tests/test_gpu_forward.py::test_float16,
+# passed on the H200 on 2026-12-04, benchmarks/results/2026-12-04-h200-prepare-sharing/)
+KERNEL_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def _unsupported(q, k, v, s) -> str | None:

@@ -127,12 +127,10 @@ def test_every_value_block_width(block_v, m_role, gates, monkeypatch):
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 64)])
 def test_float16(h_qk, h_v, segment_len, monkeypatch):
     """fp16 q, k, v on the kernels (built for fp16; the yardstick in fp16): varlen with length-1
-    sequences and a tail, g = 0 beside strong decay, h0; the plan's unsplit width, and split in
-    256-token segments at 128 columns. Until it has passed, gdnc.ops.KERNEL_DTYPES leaves fp16 on
-    the reference."""
+    sequences and a tail, g = 0 beside strong decay, h0; the plan's unsplit width (at 16/64 with
+    gdn_prepare sharing K Kᵀ across four heads), and split in 256-token segments at 128 columns."""
     import gdnc.ops
 
-    monkeypatch.setattr(gdnc.ops, "KERNEL_DTYPES", (torch.bfloat16, torch.float16))
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     T = sum(lengths)
     if segment_len:
