@@ -58,8 +58,8 @@ class PrepareConfig:
     order: which CTAs run next to each other. "chunk": the chunks of one value head (a 2-D grid,
              head slowest); "head": the value heads of one chunk (a 1-D grid, head fastest), so the
              h_v / h_qk heads that share a chunk of k (GVA) run together and read it from HBM about
-             once instead of once each. Slower on the H200 where it differs (16/48 28672 + 4096: 490 against
-             365 µs), so not the default.
+             once instead of once each. Slower on the H200 where it differs (16/48 4096+28672:
+             490 against 365 µs), so not the default.
     """
 
     chunk: int = 64
