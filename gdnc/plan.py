@@ -140,7 +140,8 @@ def prepare_heads_per_cta(tokens: int, num_sequences: int, h_qk: int, group: int
     """gdn_prepare's value heads a CTA: all ``group`` value heads of a k head, which then share one
     load of k and one K Kᵀ, where its CTAs (one per chunk slot and k head) still fill the GPU
     ``resident_ctas`` at a time; else one (h_v CTAs a slot, so more run side by side, each
-    shorter: 2/8 1×2048 prepares in 6.8 µs one head a CTA, 13.5 µs four; 16/48 28672 + 4096 in 365 and
-    325 µs, benchmarks/results/2026-12-04-h200-prepare-sharing/profile.log)."""
+    shorter). On the H200, 2/8 1×2048 prepares in 6.8 µs one head a CTA and 13.5 µs four; 16/48
+    4096+28672 in 365 and 325 µs
+    (benchmarks/results/2026-12-04-h200-prepare-sharing/profile_prepare_configs.log)."""
     slots = tokens // chunk + num_sequences
     return group if slots * h_qk >= resident_ctas else 1
