@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import gdnc
 import gdnc.ops
 from gdnc.check import kernel_vs_reference
-from gdnc.emit.config import DEFAULT_REGISTERS, PrepareConfig
+from gdnc.emit.config import DEFAULT_REGISTERS
 from gdnc.plan import ForwardPlan
 
 pytestmark = pytest.mark.gpu
