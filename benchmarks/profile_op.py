@@ -16,26 +16,24 @@ unlike in the benchmark, which rotates input sets.
 import argparse
 import dataclasses
 import json
-import math
 import sys
 
 
-def gdnc_call(inputs, shape, segment_len, block_v):
-    """A no-argument gdnc op call on inputs with the plan asked for, and that plan."""
-    import gdnc
-    from gdnc.emit.config import Heads
-    from gdnc.ops import plan_for, run_kernels
-    from gdnc.reference.problem import check_arguments
+def gdnc_call(inputs, forward: dict, prepare: dict, segment_len, block_v):
+    """A no-argument call of gdnc's kernels on inputs, with the heuristic's plan under these fixed
+    ForwardConfig and PrepareConfig fields (or a forced split: segment_len 0 unsplit, N in segments of
+    N tokens, at block_v), and that plan as a dict."""
+    from gdnc.runtime.ops import kernel_call
+    from gdnc.runtime.plan import SplitConfig
+    from gdnc.runtime.policy import HeuristicPolicy
 
     q, k, v, g, beta, h0, cu = (inputs[n] for n in ("q", "k", "v", "g", "beta", "initial_state", "cu_seqlens"))
-    s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=h0, cu_seqlens=cu,
-                        inputs={"g": g, "beta": beta})
-    tokens = sum(shape.seq_lens)
-    plan = plan_for(Heads(shape.h_qk, shape.h_v), tokens, len(shape.seq_lens), q.device)
-    if segment_len is not None:  # the forced split keeps the plan's gdn_prepare
-        slots = math.ceil(tokens / segment_len) if segment_len else 1
-        plan = dataclasses.replace(plan, block_v=block_v, segment_len=segment_len, slots=slots)
-    return (lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)), plan.__dict__
+    if segment_len is None:
+        policy = HeuristicPolicy(forward=forward, prepare=prepare)
+    else:  # the forced split keeps the heuristic's gdn_prepare
+        policy = HeuristicPolicy(SplitConfig(segment_len=segment_len), {**forward, "block_v": block_v}, prepare)
+    plan, call = kernel_call(q, k, v, g, beta, h0, True, cu, policy=policy)
+    return call, dataclasses.asdict(plan)
 
 
 def peer_call(inputs, provider):
@@ -48,15 +46,18 @@ def peer_call(inputs, provider):
     return lambda: fn(q, k, v, g, beta, None, h0, True, cu)
 
 
-def prepare_options(text, group):
-    """gdnc.ops.PREPARE_OPTIONS from "plan" (the plan picks heads_per_cta, the rest default) or
-    "KEY=VALUE[,KEY=VALUE...]": integers where the value is one, and "group" the shape's h_v / h_qk
-    (heads_per_cta=group: every value head of a k head)."""
-    if text == "plan":
-        return {}
-    fields = dict(item.split("=", 1) for item in text.split(","))
+def config_fields(items, group):
+    """Config fields from "KEY=VALUE" items: integers where the value is one, "group" the shape's
+    h_v / h_qk (heads_per_cta=group: every value head of a k head)."""
+    fields = dict(item.split("=", 1) for item in items)
     value = lambda v: group if v == "group" else int(v) if v.isdigit() else v  # noqa: E731
     return {key: value(v) for key, v in fields.items()}
+
+
+def prepare_options(text, group):
+    """PrepareConfig fields from "plan" (the plan picks heads_per_cta, the rest default) or
+    "KEY=VALUE[,KEY=VALUE...]"."""
+    return {} if text == "plan" else config_fields(text.split(","), group)
 
 
 def kernel_times(call):
@@ -83,20 +84,18 @@ def main(argv=None):
                         help="gdnc: force a split, each in turn (0: unsplit)")
     parser.add_argument("--block-v", type=int, default=128, help="gdnc: the V block of a forced plan")
     parser.add_argument("--forward", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="gdnc: ForwardConfig fields (gdnc.ops.FORWARD_OPTIONS)")
+                        help="gdnc: ForwardConfig fields fixed over the heuristic's (HeuristicPolicy.forward)")
     parser.add_argument("--prepare", nargs="+", default=["plan"], metavar="CONFIG",
-                        help="gdnc: gdn_prepare configs to profile one after another (gdnc.ops.PREPARE_OPTIONS): "
+                        help="gdnc: gdn_prepare configs to profile one after another (HeuristicPolicy.prepare): "
                              "'plan' or KEY=VALUE[,KEY=VALUE...]")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
 
     import torch
 
-    import gdnc.ops
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
 
-    gdnc.ops.FORWARD_OPTIONS = dict(item.split("=", 1) for item in args.forward)
     runs = []
     for text in args.shape:
         heads, lengths = text.split(":")
@@ -108,8 +107,8 @@ def main(argv=None):
         for provider, prepare, segment_len in gdnc_runs + [(p, None, None) for p in args.provider if p != "gdnc"]:
             plan = None
             if provider == "gdnc":
-                gdnc.ops.PREPARE_OPTIONS = prepares[prepare]
-                call, plan = gdnc_call(inputs, shape, segment_len, args.block_v)
+                forward = config_fields(args.forward, hv // hq)
+                call, plan = gdnc_call(inputs, forward, prepares[prepare], segment_len, args.block_v)
             else:
                 call = peer_call(inputs, provider)
             rows = kernel_times(call)
@@ -124,8 +123,7 @@ def main(argv=None):
                          "prepare": None if prepare is None else prepares[prepare], "kernels": rows})
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "forward_options": gdnc.ops.FORWARD_OPTIONS,
-                       "runs": runs}, f, indent=1)
+            json.dump({"device": torch.cuda.get_device_name(), "forward": args.forward, "runs": runs}, f, indent=1)
     return 0
 
 

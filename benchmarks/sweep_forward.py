@@ -1,19 +1,21 @@
 """Time gdnc's forward over a few plans per shape (a tuning probe, not the peer benchmark): the
-default plan (gdnc.plan), unsplit at every V block, and split at several segment lengths at the two widest.
+default policy's plan (gdnc.runtime.policy), unsplit at every V block, and split at several segment
+lengths at the two widest.
 
     python benchmarks/sweep_forward.py --compile-only   # fill the kernel cache (CPU is enough)
     python benchmarks/sweep_forward.py [--out F]        # on the GPU: CUDA-graph time and error per plan
 """
 import argparse
+import dataclasses
 import json
-import math
 import sys
 
-import gdnc
-from gdnc.emit.build import compile_many
+from gdnc.check import op_jobs
+from gdnc.emit.cache import build_many
 from gdnc.emit.config import FORWARD_WIDTHS, Heads
-from gdnc.ops import op_sources
-from gdnc.plan import ForwardPlan
+from gdnc.ir.library import get_variant
+from gdnc.runtime.plan import SplitConfig
+from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
 # h_qk, h_v, sequence lengths
 SHAPES = [(2, 8, (2048,)), (2, 8, (4096,)), (2, 8, (8192,)), (2, 8, (32768,)), (2, 8, (28672, 4096)),
@@ -24,10 +26,11 @@ SEGMENT_LENS = (256, 512, 1024, 2048, 4096, 8192)
 MAX_SEGMENTS = 64
 
 
-def plans(tokens: int):
-    yield from (ForwardPlan(bv) for bv in FORWARD_WIDTHS)
-    yield from (ForwardPlan(bv, n, math.ceil(tokens / n)) for bv in FORWARD_WIDTHS[-2:] for n in SEGMENT_LENS
-                if n < tokens and tokens <= MAX_SEGMENTS * n)
+def policies(tokens: int):
+    """The policies swept besides the default: unsplit at every width, split at the two widest."""
+    yield from (HeuristicPolicy(SplitConfig(segment_len=0), {"block_v": bv}) for bv in FORWARD_WIDTHS)
+    yield from (HeuristicPolicy(SplitConfig(segment_len=n), {"block_v": bv}) for bv in FORWARD_WIDTHS[-2:]
+                for n in SEGMENT_LENS if n < tokens and tokens <= MAX_SEGMENTS * n)
 
 
 def main(argv=None):
@@ -37,9 +40,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     heads = sorted({(h, hv) for h, hv, _ in SHAPES})
-    sources = {(hq, hv, variant, name): src for hq, hv in heads
-               for (name, variant), src in op_sources(gdnc.get_variant("gdn"), Heads(hq, hv)).items()}
-    compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
+    build_many([job for hq, hv in heads for job in op_jobs(get_variant("gdn"), Heads(hq, hv))], args.workers)
     if args.compile_only:
         return 0
 
@@ -47,9 +48,8 @@ def main(argv=None):
 
     from gdnc.bench.shapes import Shape, make_inputs
     from gdnc.bench.timing import time_calls
-    from gdnc.ops import plan_for, run_kernels
     from gdnc.reference.compare import relative_error
-    from gdnc.reference.problem import check_arguments
+    from gdnc.runtime.ops import kernel_call
 
     rows = []
     generator = torch.Generator("cuda").manual_seed(0)
@@ -58,21 +58,22 @@ def main(argv=None):
         inputs = make_inputs(shape, generator)
         q, k, v, g, beta, h0, cu = (inputs[name] for name in ("q", "k", "v", "g", "beta", "initial_state",
                                                                  "cu_seqlens"))
-        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=h0, cu_seqlens=cu,
-                            inputs={"g": g, "beta": beta})
-        tokens = sum(lengths)
-        default = plan_for(Heads(hq, hv), tokens, len(lengths), q.device)
-        ref = None
+        ref, default, seen = None, None, set()
         label = f"{hq}/{hv} {'+'.join(map(str, lengths))}"
-        for plan in [default, *(p for p in plans(tokens) if p != default)]:
-            fn = lambda: run_kernels(q, k, v, g, beta, s, h0, True, cu, plan=plan)  # noqa: E731
+        for policy in [DEFAULT_POLICY, *policies(sum(lengths))]:
+            plan, fn = kernel_call(q, k, v, g, beta, h0, True, cu, policy=policy)
+            if plan in seen:
+                continue
+            seen.add(plan)
+            default = default or plan
             o, ht = fn()
             ref = (o, ht) if ref is None else ref
             timing = time_calls([fn])
-            rows.append({"shape": label, "plan": plan.__dict__, "default": plan == default, "ms": timing.ms,
+            rows.append({"shape": label, "plan": dataclasses.asdict(plan), "default": plan == default, "ms": timing.ms,
                          "repeats_ms": timing.repeats_ms, "method": timing.method,
                          "o_vs_default": relative_error(o, ref[0]), "state_vs_default": relative_error(ht, ref[1])})
-            print(f"{label:22s} bv={plan.block_v} segment={plan.segment_len:5d}{' (default)' if plan == default else ''}: "
+            segment = plan.split.segment_len if plan.split else 0
+            print(f"{label:22s} bv={plan.forward.block_v} segment={segment:5d}{' (default)' if plan == default else ''}: "
                   f"{timing.ms:.3f} ms [{timing.method}] (vs default o {rows[-1]['o_vs_default']:.1e}, "
                   f"state {rows[-1]['state_vs_default']:.1e})", flush=True)
     if args.out:

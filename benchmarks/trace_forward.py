@@ -10,10 +10,8 @@ import argparse
 import json
 import sys
 
-import gdnc
-from gdnc.emit.build import compile_many
-from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads
-from gdnc.ops import sources_for
+from gdnc.emit.cache import build_many, render_job
+from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads, PrepareConfig
 
 # h_qk, h_v, seqs, tokens each, block_v
 SHAPES = [(16, 32, 1, 8192, 32), (16, 32, 4, 8192, 64), (16, 32, 4, 8192, 128), (2, 8, 1, 8192, 32)]
@@ -54,17 +52,19 @@ def main(argv=None):
     configs = {(hq, hv, bv): ForwardConfig(block_v=bv, trace=True, pair_gates=args.pair_gates,
                                            m_role=args.m_role if (bv, args.m_role) in DEFAULT_REGISTERS else None)
                for hq, hv, _, _, bv in SHAPES}
-    sources = {key + (name,): src for key, cfg in configs.items()
-               for name, src in sources_for(Heads(*key[:2]), cfg).items()}
-    compile_many(sources, args.workers, gdnc.get_variant("gdn").ir_hash)
+    jobs = [render_job("gdn", "gdn_forward", Heads(*key[:2]), cfg) for key, cfg in configs.items()]
+    jobs += [render_job("gdn", "gdn_prepare", Heads(*key[:2]), PrepareConfig()) for key in configs]
+    build_many(jobs, args.workers)
     if args.compile_only:
         return 0
 
     import torch
 
     from gdnc.bench.shapes import Shape, make_inputs
-    from gdnc.ops import kernels, output_allocator, packed_ranges, prepare_args
+    from gdnc.emit.cache import library_signature, load
     from gdnc.reference.problem import check_arguments
+    from gdnc.runtime.buffers import output_allocator
+    from gdnc.runtime.forward import prepare
 
     clock_ghz = torch.cuda.get_device_properties(0).clock_rate / 1e6  # kHz -> GHz
     report = {"device": torch.cuda.get_device_name(), "clock_ghz": clock_ghz, "pair_gates": args.pair_gates,
@@ -75,11 +75,11 @@ def main(argv=None):
         cu = torch.arange(n + 1, device="cuda", dtype=torch.int32) * t
         inputs = make_inputs(Shape(hq, hv, (t,) * n), generator, cu_seqlens=cu)
         q, k, v, g, beta = (inputs[name] for name in ("q", "k", "v", "g", "beta"))
-        s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
+        s = check_arguments(library_signature("gdn"), q, k, v, scale=None, initial_state=None, cu_seqlens=cu,
                             inputs={"g": g, "beta": beta})
-        compiled = kernels(Heads(hq, hv), configs[(hq, hv, bv)])
-        prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=False))
-        compiled["gdn_prepare"](*prep)
+        prep = prepare(load("gdn", "gdn_prepare", Heads(hq, hv), PrepareConfig()), k, g, beta, s, cu,
+                       output_allocator("cuda", poison=False))
+        gdn_forward = load("gdn", "gdn_forward", Heads(hq, hv), configs[(hq, hv, bv)])
         chunks = t // 64
         trace = torch.zeros(4, chunks, 8, dtype=torch.int64, device="cuda")
         o = torch.empty(T, hv, 128, dtype=q.dtype, device="cuda")
@@ -87,8 +87,10 @@ def main(argv=None):
         h0 = torch.zeros(n, hv, 128, 128, dtype=torch.float32, device="cuda")
         rows = torch.arange(n, dtype=torch.int32, device="cuda")  # each sequence's final state to its row
         for _ in range(2):  # the second run is the one kept: caches and clocks warm (zero_start 0: from h0)
-            compiled["gdn_forward"](q.reshape(T, hq, 128), prep.k, v.reshape(T, hv, 128), prep.l2_gate, prep.beta,
-                                    prep.a_free, *packed_ranges(cu), 0, h0, s.scale, o, rows, ht, trace)
+            gdn_forward(q=q.reshape(T, hq, 128), k=prep["k"], v=v.reshape(T, hv, 128), l2_gate=prep["l2_gate"],
+                        beta=prep["beta"], a_free=prep["a_free"], seq_start=cu, seq_end=cu, end_offset=1,
+                        zero_start=0, initial_state=h0, scale=s.scale, o=o, final_row=rows, final_state=ht,
+                        trace=trace)
         torch.cuda.synchronize()
         stamps = trace.cpu()
         steady = slice(chunks // 4, chunks)  # past the pipeline's fill

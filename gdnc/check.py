@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from gdnc.ir.classify import classify
+from gdnc.ir.canonical import classify
 from gdnc.ir.recurrence import Recurrence
 from gdnc.reference import chunked, recurrent
 from gdnc.reference.compare import errors_by_name, random_case
@@ -46,32 +46,46 @@ def check_references(rec: Recurrence, *, T: int = 1000, chunk_size: int = 64, se
     return CheckResult(rec.name, classify(rec).axes(), errors, time.perf_counter() - start)
 
 
-def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
+def op_jobs(rec: Recurrence, heads, policy=None) -> list:
+    """A build job (gdnc.emit.cache.Job) for every kernel the op's policy may run for ``heads``
+    (every candidate config). Raises UnsupportedRecurrence where ``rec`` has no template."""
+    from gdnc.emit.cache import render_job
+    from gdnc.runtime.policy import DEFAULT_POLICY
+
+    return [render_job(rec, kernel, heads, config) for kernel, config in (policy or DEFAULT_POLICY).candidates(heads)]
+
+
+def job_label(job) -> str:
+    """``gdn_forward (bv64)``: the kernel and, where the op has several, its variant."""
+    from gdnc.emit.registry import spec
+
+    label = spec(job.kernel).label(job.config)
+    return job.kernel if label is None else f"{job.kernel} ({label})"
+
+
+def check_kernels(rec: Recurrence, heads, T: int = 4096, workers: int = 1) -> tuple[bool, str]:
     """Generate the recurrence's kernels for ``heads``, lower them for sm_90a and build them with nvcc
-    (no GPU needed); on a Hopper GPU also run the op against the float64 reference.
-    Returns (passed, report)."""
+    (no GPU needed; ``workers`` processes; what nvcc reported is cached, so a second check builds
+    nothing); on a Hopper GPU also run the op against the float64 reference. Returns (passed, report)."""
     import shutil
 
-    from gdnc.emit.build import lower_cuda, nvcc_report
-    from gdnc.ir.classify import UnsupportedRecurrence
-    from gdnc.ops import op_sources
+    from gdnc.emit.cache import lower_job, report_job, run_jobs
+    from gdnc.ir.canonical import UnsupportedRecurrence
 
     try:
-        sources = op_sources(rec, heads)
+        jobs = op_jobs(rec, heads)
     except UnsupportedRecurrence as e:
         return True, f"{e} (references only)"
     lines, ok = [], True
-    for (kernel, variant), source in sources.items():
-        name = kernel if variant is None else f"{kernel} ({variant})"
-        cuda = lower_cuda(source, kernel, rec.ir_hash)
-        if shutil.which("nvcc") is None:
-            lines.append(f"{name}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
-            continue
-        rep = nvcc_report(cuda)
+    if shutil.which("nvcc") is None:
+        for job, cuda in zip(jobs, run_jobs(lower_job, jobs, workers)):
+            lines.append(f"{job_label(job)}: lowered for sm_90a ({len(cuda)} chars of CUDA); nvcc not found, not built")
+        return True, "\n".join(lines + ["nvcc not found: the kernels were generated and lowered, not built or run"])
+    for job, rep in zip(jobs, run_jobs(report_job, jobs, workers)):
         # the chunk kernels' products run on wgmma; context parallelism's planner and fp32 chain need none
-        good = (rep.wgmma or name.startswith("cp_")) and rep.spill_stores == 0 and rep.spill_loads == 0
+        good = (rep.wgmma or job.kernel.startswith("cp_")) and rep.spill_stores == 0 and rep.spill_loads == 0
         ok &= good
-        lines.append(f"{'PASS' if good else 'FAIL'} {name} {heads.h_qk}/{heads.h_v}: built for sm_90a, "
+        lines.append(f"{'PASS' if good else 'FAIL'} {job_label(job)} {heads.h_qk}/{heads.h_v}: built for sm_90a, "
                      f"{rep.launch_threads} threads, {rep.registers} registers, spills {rep.spill_stores}/"
                      f"{rep.spill_loads} B, wgmma={rep.wgmma}, tma={rep.tma}")
     if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
@@ -79,19 +93,20 @@ def check_kernels(rec: Recurrence, heads, T: int = 4096) -> tuple[bool, str]:
         ok &= ok_gpu
         lines.append(line)
     else:
-        lines.append("no Hopper GPU here: the kernels were generated and built, not run")
+        lines.append("no Hopper GPU here: the kernels were generated and built with nvcc, not run")
     return ok, "\n".join(lines)
 
 
-def kernel_vs_reference(rec, q, k, v, g, beta, h0=None, cu_seqlens=None):
-    """Run gdnc.chunk_gated_delta_rule and measure it: relative errors of o and the final state
+def kernel_vs_reference(rec, q, k, v, g, beta, h0=None, cu_seqlens=None, policy=None):
+    """Run gdnc.chunk_gated_delta_rule (with ``policy``: None, the default) and measure it: relative errors of o and the final state
     against the float64 chunked reference, and the yardstick — the same errors of the chunked
     reference run as the kernels run it (bf16/fp16 operands, fp32 accumulation, output in q's dtype).
     Returns (o, final_state, errors, yardstick)."""
-    from gdnc.ops import chunk_gated_delta_rule
+    from gdnc.runtime.ops import chunk_gated_delta_rule
     from gdnc.reference.compare import relative_error
 
-    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens)
+    o, ht = chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True, cu_seqlens=cu_seqlens,
+                                   policy=policy)
     double = None if h0 is None else h0.double()
     o_ref, ht_ref = chunked(rec, q.double(), k.double(), v.double(), g=g.double(), beta=beta.double(),
                             initial_state=double, output_final_state=True, cu_seqlens=cu_seqlens)

@@ -1,5 +1,21 @@
+import os
+import shutil
+
 import pytest
 import torch
+
+from gdnc.emit.config import FORWARD_WIDTHS, ForwardConfig, Heads, PrepareConfig
+
+BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked nvcc build CUDA with nvcc: skipped, saying so, on a machine without it."""
+    if shutil.which("nvcc") is None:
+        skip = pytest.mark.skip(reason="nvcc is not installed on this machine")
+        for item in items:
+            if "nvcc" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture
@@ -8,3 +24,50 @@ def gen():
     g = torch.Generator()
     g.seed()
     return g
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory):
+    """One kernel cache for the session (not the user's): every kernel is lowered and built once,
+    whichever tests ask for it. A test that must see an empty cache points GDNC_CACHE_DIR elsewhere."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GDNC_CACHE_DIR", str(tmp_path_factory.mktemp("gdnc-cache")))
+        yield
+
+
+def nvcc_cases() -> list[tuple[str, Heads, object]]:
+    """Every (kernel, heads, config) the CPU tests lower and build with nvcc (tests/test_emit.py,
+    test_cp.py, test_cli.py), so that the session builds them once, in parallel."""
+    cases = []
+    for h_qk, h_v in BENCH_HEADS:
+        heads = Heads(h_qk, h_v)
+        cases += [("gdn_forward", heads, ForwardConfig(block_v=128)), ("gdn_prepare", heads, PrepareConfig())]
+        if h_v > h_qk:
+            cases.append(("gdn_prepare", heads, PrepareConfig(heads_per_cta=h_v // h_qk)))
+    two_eight, wide, mixed = Heads(2, 8), Heads(16, 32), Heads(16, 48)
+    cases += [("gdn_forward", two_eight, ForwardConfig(block_v=w)) for w in FORWARD_WIDTHS]
+    cases += [("gdn_forward", wide, ForwardConfig(block_v=64, m_role="prepare"))]
+    cases += [("gdn_forward", wide, ForwardConfig(block_v=w, pair_gates="loader")) for w in (32, 64)]
+    cases += [("gdn_prepare", two_eight, PrepareConfig(inverse="substitution")),
+              ("gdn_prepare", mixed, PrepareConfig(order="head")),
+              ("gdn_prepare", mixed, PrepareConfig(heads_per_cta=3, order="head"))]
+    cases += [(kernel, Heads(*h), None) for h in ((2, 8), (16, 48), (16, 64)) for kernel in ("cp_plan", "cp_chain")]
+    return list(dict.fromkeys(cases))
+
+
+@pytest.fixture(scope="session")
+def built():
+    """``built(kernel, heads, config)`` -> (CUDA source, NvccReport) of gdn's kernel, from the session
+    cache, which the first use fills with every nvcc_cases() case in parallel processes."""
+    from gdnc.emit import cache
+    from gdnc.ir.library import get_variant
+
+    gdn = get_variant("gdn")
+    jobs = [cache.render_job(gdn, *case) for case in nvcc_cases()]
+    cache.run_jobs(cache.report_job, jobs, os.cpu_count() or 1)
+
+    def lookup(kernel: str, heads: Heads, config=None):
+        job = cache.render_job(gdn, kernel, heads, config)
+        return cache.lower_job(job), cache.report_job(job)
+
+    return lookup

@@ -1,17 +1,18 @@
-"""Context parallelism's device-side driver (gdnc.cp) on CPU, with the chunked reference as its
+"""Context parallelism's device-side driver (gdnc.runtime.cp) on CPU, with the chunked reference as its
 packed forward: exact where it chains, within the shortcut's bound where it warms up."""
 import math
-import shutil
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gdnc
-from gdnc.cp import chain_reference, non_expansive, plan_slots, split_forward
-from gdnc.plan import ForwardPlan, SplitConfig
-from gdnc.reference.chunked import chunked
+from gdnc.ir.program import CHUNK_SIZE
+from gdnc.reference.chunked_form import chunked
 from gdnc.reference.compare import relative_error
+from gdnc.reference.segments import non_expansive
+from gdnc.runtime.cp import chain_reference, plan_slots, split_forward
+from gdnc.runtime.plan import Split
 
 GDN = gdnc.get_variant("gdn")
 LENGTHS = [450, 1, 63, 200]  # one long sequence, a length-1 one, a tail
@@ -32,7 +33,7 @@ def packed_case(gen, lengths=LENGTHS, H=2, HV=4, K=16, gates="normal"):
     return q, k, v, g, beta, h0, cu
 
 
-def log2_gate(g, cu, chunk=64):
+def log2_gate(g, cu, chunk=CHUNK_SIZE):
     """gdn_prepare's l2_gate [tokens, HV]: the log2 gate summed from each chunk's start."""
     out = torch.empty_like(g)
     for a, b in zip(cu[:-1].tolist(), cu[1:].tolist()):
@@ -41,7 +42,7 @@ def log2_gate(g, cu, chunk=64):
     return out
 
 
-def chunk_contracts(k, beta, cu, chunk=64):
+def chunk_contracts(k, beta, cu, chunk=CHUNK_SIZE):
     """gdn_prepare's contracts [tokens, HV]: at each chunk's first row 1.0 if every token of the
     chunk has a non-expansive transition, else 0.0; NaN on the other rows, which are never read."""
     ok = non_expansive(k, beta)
@@ -73,9 +74,9 @@ def unsplit(q, k, v, g, beta, h0, cu):
     return o[0], ht
 
 
-def run_split(q, k, v, g, beta, h0, cu, segment_len, config=SplitConfig()):
-    plan = ForwardPlan(64, segment_len, -(-q.shape[0] // segment_len))
-    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan, config)
+def run_split(q, k, v, g, beta, h0, cu, segment_len, **limits):
+    split = Split(segment_len, -(-q.shape[0] // segment_len), **limits)
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), split)
     o = torch.full_like(v, float("nan"))
     nan = lambda *shape, dt: torch.full(shape, float("nan"), dtype=dt)  # noqa: E731  every state read must be written
     final = split_forward(reference_forward(q, k, g, beta), chain_reference, v, h0, slots, o, nan)
@@ -102,7 +103,7 @@ def test_shortcut_where_every_head_decays(gen):
     o_ref, ht_ref = unsplit(*case)
     errors = []
     for tau, chunks in ((-10.0, 1), (-20.0, 2)):
-        o, final, slots = run_split(*case, 128, SplitConfig(tau=tau))
+        o, final, slots = run_split(*case, 128, tau=tau)
         chained = slots.start[1:] < slots.end[1:]
         assert chained.any() and not slots.exact.any()
         window = (slots.start - slots.window_start)[1:]
@@ -124,7 +125,7 @@ def test_expanding_transitions_are_chained_exactly(gen):
 
 def test_windows_longer_than_allowed_fall_back_to_the_chain(gen):
     case = packed_case(gen)
-    _, _, slots = run_split(*case, 128, SplitConfig(tau=-1e6, max_warmup_chunks=2))
+    _, _, slots = run_split(*case, 128, tau=-1e6, max_warmup_chunks=2)
     assert torch.equal(slots.exact[1:], (slots.start[1:] < slots.end[1:]).int())
 
 
@@ -134,7 +135,7 @@ def test_slots_cover_every_token_once(gen):
     g = torch.full((int(cu[-1]), 4), -1.0, dtype=torch.float64)
     k = F.normalize(torch.randn(int(cu[-1]), 2, 16, generator=gen, dtype=torch.float64), dim=-1)
     beta = torch.rand(int(cu[-1]), 4, generator=gen, dtype=torch.float64)
-    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), ForwardPlan(64, 128, 6))
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), Split(128, 6))
     covered = torch.zeros(int(cu[-1]), dtype=torch.int32)
     for a, b in zip(slots.start.flatten().tolist(), slots.end.flatten().tolist()):
         covered[a:b] += 1
@@ -176,8 +177,7 @@ def test_plan_outputs_for_the_passes(gen):
     """transition_start opens a range only at exact slots, whose M goes to row p·N + n (nowhere
     elsewhere); final_row sends the last non-empty slot's end state to row n, no other slot's."""
     q, k, v, g, beta, h0, cu = packed_case(gen, gates="mixed")
-    plan = ForwardPlan(64, 128, 6)
-    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), plan)
+    slots = plan_slots(cu, log2_gate(g, cu), chunk_contracts(k, beta, cu), Split(128, 6))
     exact = slots.exact.bool()
     assert exact.any() and not exact.all()
     assert torch.equal(slots.transition_start[exact], slots.window_start[exact])
@@ -209,25 +209,25 @@ def test_chain_reference_is_the_recurrence(gen):
 
 
 def test_warmup_windows_are_limited_by_the_planner_kernel():
-    from gdnc.plan import MAX_WARMUP_CHUNKS
+    from gdnc.emit.config import MAX_WINDOW_CHUNKS
+    from gdnc.runtime.plan import SplitConfig
 
-    SplitConfig(max_warmup_chunks=MAX_WARMUP_CHUNKS).check()
-    with pytest.raises(ValueError, match=f"max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS}"):
-        SplitConfig(max_warmup_chunks=MAX_WARMUP_CHUNKS + 1).check()
+    SplitConfig(max_warmup_chunks=MAX_WINDOW_CHUNKS).check()
+    Split(64, 1, max_warmup_chunks=MAX_WINDOW_CHUNKS)
+    with pytest.raises(ValueError, match=f"max_warmup_chunks must be at most {MAX_WINDOW_CHUNKS}"):
+        SplitConfig(max_warmup_chunks=MAX_WINDOW_CHUNKS + 1).check()
+    with pytest.raises(ValueError, match=f"max_warmup_chunks in 1..{MAX_WINDOW_CHUNKS}"):
+        Split(64, 1, max_warmup_chunks=MAX_WINDOW_CHUNKS + 1)
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.nvcc
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 48), (16, 64)])
-def test_cp_kernels_lower_and_build(h_qk, h_v, tmp_path, monkeypatch):
+def test_cp_kernels_lower_and_build(h_qk, h_v, built):
     """cp_plan and cp_chain for sm_90a: no spills, the launch sizes they are written for (a thread
     per head in whole warps; four warps), and the chain's product on CUDA cores, not tensor cores."""
-    from gdnc.emit.build import lower_cuda, nvcc_report
     from gdnc.emit.config import Heads
-    from gdnc.emit.render import render
 
-    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
-    sources = render(GDN, Heads(h_qk, h_v))
-    reports = {name: nvcc_report(lower_cuda(sources[name], name, GDN.ir_hash)) for name in ("cp_plan", "cp_chain")}
+    reports = {name: built(name, Heads(h_qk, h_v))[1] for name in ("cp_plan", "cp_chain")}
     for name, rep in reports.items():
         assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"{name}: register spills {rep}"
         assert not rep.wgmma and not rep.tma, name
@@ -237,7 +237,7 @@ def test_cp_kernels_lower_and_build(h_qk, h_v, tmp_path, monkeypatch):
 
 def test_kept_buffers_grow_without_freeing():
     """A captured graph may still read an older, smaller buffer: growing keeps it alive."""
-    from gdnc.cp import _KEPT, kept_identity, kept_zeros
+    from gdnc.runtime.buffers import _KEPT, kept_identity, kept_zeros
 
     _KEPT.clear()
     small = kept_zeros((3, 2), torch.float32, torch.device("cpu"))

@@ -4,40 +4,37 @@ import ast
 import dataclasses
 import importlib.util
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 import gdnc
-from gdnc.emit.build import lower_cuda, nvcc_report
 from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.registry import FIXED_DIMS, KERNELS
 from gdnc.emit.render import render
-from gdnc.ir.classify import UnsupportedRecurrence
+from gdnc.ir.canonical import UnsupportedRecurrence
 
 ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 GDN = gdnc.get_variant("gdn")
-KERNELS = {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
 
 
-def assert_forward_builds(cuda: str) -> None:
-    """nvcc builds a forward kernel's CUDA with wgmma, TMA and setmaxnreg, 512 threads, no spills."""
-    rep = nvcc_report(cuda)
+def render_all(rec, heads, forward=None, prepare=None) -> dict[str, str]:
+    """Every kernel of ``rec`` for ``heads``, the forward and prepare at these configs (None: defaults)."""
+    configs = {"gdn_forward": forward, "gdn_prepare": prepare}
+    return {name: render(rec, name, heads, configs.get(name)) for name in KERNELS}
+
+
+def assert_forward_builds(rep) -> None:
+    """nvcc built a forward kernel with wgmma, TMA and setmaxnreg, 512 threads, no spills."""
     assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "gdnc-cache"))
-
-
 @pytest.mark.parametrize("h_qk,h_v", BENCH_HEADS)
 def test_render_is_python_with_the_header(h_qk, h_v):
-    sources = render(GDN, Heads(h_qk, h_v))
-    assert set(sources) == KERNELS
+    sources = render_all(GDN, Heads(h_qk, h_v))
     for name, src in sources.items():
         ast.parse(src)
         assert GDN.ir_hash in src and GDN.equation() in src
@@ -47,12 +44,12 @@ def test_render_is_python_with_the_header(h_qk, h_v):
     assert "block_v=64" in sources["gdn_forward"]
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.nvcc
 @pytest.mark.parametrize("h_qk,h_v,block_v", [(hq, hv, 128) for hq, hv in BENCH_HEADS] + [(2, 8, 32), (2, 8, 64)])
-def test_lower_and_nvcc(h_qk, h_v, block_v):
-    sources = render(GDN, Heads(h_qk, h_v), ForwardConfig(block_v=block_v), PrepareConfig())
-    prepare = nvcc_report(lower_cuda(sources["gdn_prepare"], "gdn_prepare", GDN.ir_hash))
-    forward = nvcc_report(lower_cuda(sources["gdn_forward"], "gdn_forward", GDN.ir_hash))
+def test_lower_and_nvcc(h_qk, h_v, block_v, built):
+    heads = Heads(h_qk, h_v)
+    prepare = built("gdn_prepare", heads, PrepareConfig())[1]
+    forward = built("gdn_forward", heads, ForwardConfig(block_v=block_v))[1]
     for name, rep in (("prepare", prepare), ("forward", forward)):
         assert rep.wgmma, f"{name}: no wgmma in the generated CUDA"
         assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"{name}: register spills {rep}"
@@ -64,52 +61,64 @@ def test_lower_and_nvcc(h_qk, h_v, block_v):
     assert forward.setmaxnreg, "forward: no per-role register budgets"
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
-def test_substitution_inverse_lowers_and_builds():
+@pytest.mark.nvcc
+def test_substitution_inverse_lowers_and_builds(built):
     """The prepare kernel's other inverse (one thread per column of A): the blocked one's fallback."""
-    blocked = render(GDN, Heads(2, 8))["gdn_prepare"]
-    source = render(GDN, Heads(2, 8), ForwardConfig(), PrepareConfig(inverse="substitution"))["gdn_prepare"]
+    blocked = render(GDN, "gdn_prepare", Heads(2, 8))
+    source = render(GDN, "gdn_prepare", Heads(2, 8), PrepareConfig(inverse="substitution"))
     assert "inverse=substitution" in source and "inverse=blocked" in blocked
     assert "half_product" in blocked and "half_product" not in source
-    rep = nvcc_report(lower_cuda(source, "gdn_prepare", GDN.ir_hash))
+    rep = built("gdn_prepare", Heads(2, 8), PrepareConfig(inverse="substitution"))[1]
     assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
-def test_prepare_in_head_order_lowers_and_builds():
+@pytest.mark.nvcc
+def test_prepare_in_head_order_lowers_and_builds(built):
     """PrepareConfig(order="head"): one grid axis, the value heads of a chunk adjacent (so the GVA
     heads sharing its k run together); the same kernel body, no spills, one CTA per (slot, head)."""
-    source = render(GDN, Heads(16, 48), ForwardConfig(), PrepareConfig(order="head"))["gdn_prepare"]
+    source = render(GDN, "gdn_prepare", Heads(16, 48), PrepareConfig(order="head"))
     assert "order=head" in source and "slot, head_block = cta // HEAD_BLOCKS, cta % HEAD_BLOCKS" in source
-    cuda = lower_cuda(source, "gdn_prepare", GDN.ir_hash)
+    cuda, rep = built("gdn_prepare", Heads(16, 48), PrepareConfig(order="head"))
     assert "blockIdx.y" not in cuda and "blockIdx.x)) % (int64_t)48" in cuda  # head = cta % H_V
-    rep = nvcc_report(cuda)
     assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.nvcc
 @pytest.mark.parametrize("h_qk,h_v,order", [(hq, hv, "chunk") for hq, hv in BENCH_HEADS if hv > hq] + [(16, 48, "head")])
-def test_prepare_sharing_k_across_value_heads_lowers_and_builds(h_qk, h_v, order):
+def test_prepare_sharing_k_across_value_heads_lowers_and_builds(h_qk, h_v, order, built):
     """PrepareConfig(heads_per_cta=group), which the plan picks for long calls: one CTA prepares
     every value head of a k head, loading k and forming K Kᵀ (one wgmma) once for them; no spills."""
     group = h_v // h_qk
-    source = render(GDN, Heads(h_qk, h_v), ForwardConfig(), PrepareConfig(heads_per_cta=group, order=order))["gdn_prepare"]
+    config = PrepareConfig(heads_per_cta=group, order=order)
+    source = render(GDN, "gdn_prepare", Heads(h_qk, h_v), config)
     assert f"heads_per_cta={group}" in source and f"HEADS_PER_CTA = {group}" in source and "kk_kept" in source
-    cuda = lower_cuda(source, "gdn_prepare", GDN.ir_hash)
+    cuda, rep = built("gdn_prepare", Heads(h_qk, h_v), config)
     assert cuda.count("wgmma_ss<tl::DataType::kBFloat16") == 1  # K Kᵀ, once for the group
     assert f"for (int member = 0; member < {group}; ++member)" in cuda
-    rep = nvcc_report(cuda)
     assert rep.wgmma and rep.spill_stores == rep.spill_loads == rep.stack_frame == 0 and rep.launch_threads == 128
 
 
-def test_unsupported_recurrence_is_refused_with_reason():
-    with pytest.raises(UnsupportedRecurrence, match="no kernel template yet.*per-K"):
-        render(gdnc.get_variant("kda"), Heads(2, 4))
+@pytest.mark.parametrize("name,message", [
+    ("kda", r"kda: no kernel template yet for its form: the decay is per-K \(diag\(exp\(g\)\)\); the templates take "
+            r"a scalar decay"),
+    ("comba", r"comba: no kernel template yet for its form: the erase reads the state along p, not along the written "
+              r"key k"),
+    ("simple_gla", r"the transition is the identity .*; the write is k \* \(v\).T"),
+])
+def test_unsupported_recurrence_is_refused_naming_what_differs(name, message):
+    with pytest.raises(UnsupportedRecurrence, match=message):
+        render(gdnc.get_variant(name), "gdn_forward", Heads(2, 4))
 
 
 def test_config_checks():
     with pytest.raises(ValueError, match=r"block_v must be one of \(32, 64, 128\) and divide V=96"):
-        render(GDN, Heads(2, 4, 128, 96), ForwardConfig(block_v=64))
+        render(GDN, "gdn_forward", Heads(2, 4, 128, 96), ForwardConfig(block_v=64))
+    with pytest.raises(ValueError, match="the forward kernel is written for K = 128, got K=64"):
+        render(GDN, "gdn_forward", Heads(2, 4, 64, 128), ForwardConfig(block_v=64))
+    with pytest.raises(TypeError, match="gdn_forward takes a ForwardConfig, got PrepareConfig"):
+        render(GDN, "gdn_forward", Heads(2, 4), PrepareConfig())
+    with pytest.raises(ValueError, match="unknown kernel 'gdn_backward'"):
+        render(GDN, "gdn_backward", Heads(2, 4))
     with pytest.raises(ValueError, match="block_v must be one of"):
         ForwardConfig(block_v=16).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
@@ -142,20 +151,20 @@ def test_templates_go_by_the_math_not_the_name():
     from gdnc.ir import Input
 
     renamed = GDN.replace(name="my_gdn")
-    assert set(render(renamed, Heads(2, 8))) == KERNELS
+    assert set(render_all(renamed, Heads(2, 8))) == set(KERNELS)
     h, beta = Input("h"), Input("beta")
     other_gate = GDN.replace(update=gdnc.exp(h) * (gdnc.I - beta * gdnc.k * gdnc.k.T) * gdnc.S
                              + beta * gdnc.k * gdnc.v.T)
-    with pytest.raises(UnsupportedRecurrence, match="need the decay exp\\(g\\)"):
-        render(other_gate, Heads(2, 8))
+    with pytest.raises(UnsupportedRecurrence, match="the decay is scalar \\(exp\\(h\\)\\); the templates take"):
+        render(other_gate, "gdn_prepare", Heads(2, 8))
 
 
 @pytest.mark.parametrize("block_v,pair_gates,m_role", [(32, "output", "output"), (32, "loader", "output"),
                                                         (128, "output", "prepare")])
 def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role):
     config = ForwardConfig(block_v=block_v, pair_gates=pair_gates, m_role=m_role)
-    plain = render(GDN, Heads(2, 8), config)["gdn_forward"]
-    traced = render(GDN, Heads(2, 8), dataclasses.replace(config, trace=True))["gdn_forward"]
+    plain = render(GDN, "gdn_forward", Heads(2, 8), config)
+    traced = render(GDN, "gdn_forward", Heads(2, 8), dataclasses.replace(config, trace=True))
     assert "mark(" not in plain and "trace" not in plain.split('"""')[2]  # not even the parameter
     ast.parse(traced)
     sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d), \d+\)", traced)
@@ -170,29 +179,67 @@ def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role):
     assert 'trace: T.Tensor((4, traced_chunks, 8), "int64")' in traced
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.nvcc
 @pytest.mark.parametrize("block_v", [32, 64])
-def test_pair_gates_on_the_loader_lower_and_build(block_v):
+def test_pair_gates_on_the_loader_lower_and_build(block_v, built):
     """ForwardConfig(pair_gates="loader"): M's pair gates in a shared ring of their own, written by
     loader warps 2 and 3; the default forms them in the output role and has neither."""
-    default = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v))["gdn_forward"]
-    source = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v, pair_gates="loader"))["gdn_forward"]
+    config = ForwardConfig(block_v=block_v, pair_gates="loader")
+    default = render(GDN, "gdn_forward", Heads(16, 32), ForwardConfig(block_v=block_v))
+    source = render(GDN, "gdn_forward", Heads(16, 32), config)
     assert "pair_gates=loader" in source and "pair_gates=output" in default
     for name in ("gate_in", "gate_ready", "gate_free"):
         assert name in source.split('"""')[2] and name not in default.split('"""')[2]
-    assert_forward_builds(lower_cuda(source, "gdn_forward", GDN.ir_hash))
+    assert_forward_builds(built("gdn_forward", Heads(16, 32), config)[1])
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed on this machine")
+@pytest.mark.nvcc
 @pytest.mark.parametrize("block_v", [64, 128])
-def test_m_on_the_prepare_role_lower_and_build(block_v):
+def test_m_on_the_prepare_role_lower_and_build(block_v, built):
     """ForwardConfig(m_role="prepare"), the default at 128 columns: M's product takes tril(Q Kᵀ)
     from registers (wgmma with a register operand), so there is no P tile and no P hand-off; at 128
     one Ŝ buffer (two do not fit in shared memory)."""
-    source = render(GDN, Heads(16, 32), ForwardConfig(block_v=block_v, m_role="prepare"))["gdn_forward"]
-    body = source.split('"""')[2]
-    assert "m_role=prepare" in source and "p_masked" not in body and "p_free" not in body
+    config = ForwardConfig(block_v=block_v, m_role="prepare")
+    body = render(GDN, "gdn_forward", Heads(16, 32), config).split('"""')[2]
+    assert "m_role=prepare" in render(GDN, "gdn_forward", Heads(16, 32), config)
+    assert "p_masked" not in body and "p_free" not in body
     assert f"SNAPSHOTS = {1 if block_v == 128 else 2}" in body
-    cuda = lower_cuda(source, "gdn_forward", GDN.ir_hash)
+    cuda, rep = built("gdn_forward", Heads(16, 32), config)
     assert "wgmma_rs" in cuda
-    assert_forward_builds(cuda)
+    assert_forward_builds(rep)
+
+
+SIGNATURE_CASES = [("gdn_prepare", Heads(2, 8), PrepareConfig()), ("gdn_prepare", Heads(16, 48), PrepareConfig(heads_per_cta=3)),
+                   ("gdn_forward", Heads(2, 8), ForwardConfig(block_v=32)),
+                   ("gdn_forward", Heads(16, 32), ForwardConfig(block_v=128, trace=True)),
+                   ("gdn_forward", Heads(2, 8, dtype="float16"), ForwardConfig(block_v=64)),
+                   ("cp_plan", Heads(2, 8), None), ("cp_chain", Heads(16, 64), None)]
+
+
+@pytest.mark.parametrize("kernel,heads,config", SIGNATURE_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(SIGNATURE_CASES)])
+def test_the_registry_declares_each_kernels_signature(kernel, heads, config):
+    """What the launcher binds by name (and the custom op and exporter will read) is the rendered
+    kernel's TileLang signature: names and order, scalars and tensors, dtypes, fixed and dynamic sizes."""
+    from gdnc.emit.build import load_prim_func
+    from gdnc.emit.cache import materialize
+
+    declared = KERNELS[kernel]
+    func = load_prim_func(materialize(render(GDN, kernel, heads, config), kernel, GDN.ir_hash))
+    from tvm import tirx  # TileLang's TVM: importable once tilelang is
+    params = declared.params_for(config)
+    names = [func.buffer_map[var].name if var in func.buffer_map else var.name for var in func.params]
+    assert [p.name for p in params] == names
+    fixed = {"H": heads.h_qk, "HV": heads.h_v, "K": heads.k_dim, "V": heads.v_dim, "C": 64}
+    assert set(fixed) == set(FIXED_DIMS)
+    for param, var in zip(params, func.params):
+        buffer = func.buffer_map.get(var)
+        if param.kind == "scalar":
+            assert buffer is None and str(var.dtype) == param.dtype, param.name
+            continue
+        assert str(buffer.dtype) == (heads.dtype if param.dtype == "operand" else param.dtype), param.name
+        assert len(buffer.shape) == len(param.shape), param.name
+        for dim, size in zip(param.shape, buffer.shape):
+            if isinstance(size, tirx.IntImm):
+                assert fixed.get(dim, dim) == size.value, (param.name, dim)
+            else:
+                assert dim not in FIXED_DIMS and dim == size.name, (param.name, dim)

@@ -37,6 +37,11 @@ CASES = [
     ("h0 count for varlen", dict(cu_seqlens=torch.tensor([0, 3, 10]), initial_state=torch.zeros(1, HV, K, V)),
      ValueError, r"\(2, 4, 8, 6\) for 2 sequence\(s\)"),
     ("scale type", dict(scale="0.1"), TypeError, r"scale must be a float or None"),
+    ("empty batch", dict(q=torch.randn(0, T, H, K), k=torch.randn(0, T, H, K), v=torch.randn(0, T, HV, V),
+                         g=torch.zeros(0, T, HV), beta=torch.zeros(0, T, HV)),
+     ValueError, r"need every dimension >= 1, got q \(0, 10, 2, 8\)"),
+    ("gate in linear space", dict(g=torch.rand(B, T, HV) + 0.01), ValueError,
+     r"g must be <= 0: gdn reads it as a log-space gate exp\(g\).*got a maximum of 1\.0|g must be <= 0: gdn reads it"),
 ]
 
 

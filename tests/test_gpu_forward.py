@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import gdnc
-import gdnc.ops
 from gdnc.check import kernel_vs_reference
-from gdnc.emit.config import DEFAULT_REGISTERS
-from gdnc.plan import ForwardPlan
+from gdnc.emit.config import DEFAULT_REGISTERS, Heads
+from gdnc.runtime.kernels import loaded
+from gdnc.runtime.plan import Split, SplitConfig
+from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
 pytestmark = pytest.mark.gpu
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
@@ -48,6 +49,20 @@ def report():
             json.dump({"meta": meta, "cases": RESULTS}, f, indent=1)
 
 
+def kernels_used() -> list:
+    """Every (kernel, heads, config) these tests may load: the candidates of each (heads, policy) they
+    run, to build ahead of time on a machine without a GPU (benchmarks/build_test_kernels.py)."""
+    two_eight = Heads(2, 8)
+    runs = [(Heads(hq, hv), DEFAULT_POLICY) for hq, hv in BENCH_HEADS]
+    runs += [(two_eight, HeuristicPolicy(forward={"block_v": bv, "m_role": role})) for bv, role in DEFAULT_REGISTERS]
+    runs += [(two_eight, HeuristicPolicy(forward={"block_v": bv, "pair_gates": "loader"})) for bv in (32, 64)]
+    runs += [(two_eight, HeuristicPolicy(prepare={"inverse": i, "order": o, "heads_per_cta": h}))
+             for i, o, h in PREPARE_CASES]
+    runs += [(Heads(hq, hv, dtype="float16"), DEFAULT_POLICY) for hq, hv in ((2, 8), (16, 64))]
+    return list(dict.fromkeys((kernel, heads, config) for heads, policy in runs
+                              for kernel, config in policy.candidates(heads)))
+
+
 def offsets(lengths):
     """cu_seqlens [N + 1] int32 on the GPU for sequences of these lengths."""
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
@@ -69,11 +84,10 @@ def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=t
     return q, k, v, g, beta, state
 
 
-def check(q, k, v, g, beta, h0, cu=None, factor=2.0):
-    gdnc.ops._warned.clear()  # the op warns of a fallback reason once a process: this call must warn too
+def check(q, k, v, g, beta, h0, cu=None, factor=2.0, policy=None):
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu)
+        warnings.simplefilter("always")  # every fallback shows, not only a call site's first
+        o, ht, err, yard = kernel_vs_reference(GDN, q, k, v, g, beta, h0, cu, policy=policy)
     fallbacks = [str(w.message) for w in caught if "using the chunked reference" in str(w.message)]
     assert not fallbacks, f"the op did not run the kernels: {fallbacks}"
     torch.cuda.synchronize()
@@ -110,32 +124,27 @@ def test_batch_of_sequences():
 
 @pytest.mark.parametrize("block_v,m_role", sorted(DEFAULT_REGISTERS))
 @pytest.mark.parametrize("gates", ["normal", "mixed"])
-def test_every_value_block_width(block_v, m_role, gates, monkeypatch):
+def test_every_value_block_width(block_v, m_role, gates):
     """Every forward config with a register budget (the widths the op picks from, M on either
     role), whatever the shape would choose: varlen with length-1 sequences, h0, and g = 0 next to
     strong decay."""
-    import gdnc.ops
-
-    monkeypatch.setattr(gdnc.ops, "FORWARD_OPTIONS", {"m_role": m_role})
-    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v))
+    policy = HeuristicPolicy(SplitConfig(segment_len=0), {"block_v": block_v, "m_role": m_role})
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = offsets(lengths)
-    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu)
+    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates=gates), cu=cu, policy=policy)
 
 
 @pytest.mark.parametrize("segment_len", [0, 256])
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 64)])
-def test_float16(h_qk, h_v, segment_len, monkeypatch):
+def test_float16(h_qk, h_v, segment_len):
     """fp16 q, k, v on the kernels (built for fp16; the yardstick in fp16): varlen with length-1
     sequences and a tail, g = 0 beside strong decay, h0; the plan's unsplit width (at 16/64 with
     gdn_prepare sharing K Kᵀ across four heads), and split in 256-token segments at 128 columns."""
-    import gdnc.ops
-
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     T = sum(lengths)
-    if segment_len:
-        monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(128, segment_len, -(-T // segment_len)))
-    o, _, _, _ = check(*inputs(T, h_qk, h_v, N=len(lengths), gates="mixed", dtype=torch.float16), cu=offsets(lengths))
+    policy = HeuristicPolicy(SplitConfig(segment_len=segment_len), {"block_v": 128}) if segment_len else None
+    o, _, _, _ = check(*inputs(T, h_qk, h_v, N=len(lengths), gates="mixed", dtype=torch.float16), cu=offsets(lengths),
+                       policy=policy)
     assert o.dtype == torch.float16
 
 
@@ -154,23 +163,23 @@ def test_bad_input_is_refused_without_launching():
         gdnc.chunk_gated_delta_rule(q, k, v.cpu(), g, beta)
     with pytest.warns(UserWarning, match="checked for K = V = 128, got K=96"):
         gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
+    with pytest.raises(ValueError, match="g must be <= 0: gdn reads it as a log-space gate"):
+        gdnc.chunk_gated_delta_rule(q, k, v, g.exp(), beta)  # the decay in linear space, as FlashInfer takes it
     assert os.environ["GDNC_POISON_OUTPUTS"] == "1"
 
 
 @pytest.mark.parametrize("block_v", [64, 128])
 @pytest.mark.parametrize("gates", ["normal", "strong", "mixed"])
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 32)])
-def test_split_sequences(h_qk, h_v, gates, block_v, monkeypatch):
+def test_split_sequences(h_qk, h_v, gates, block_v):
     """Context parallelism with short segments over one long and several short sequences (length 1
     included), h0 and final state: the shortcut where every head decays (normal, strong), the exact
     chain where some heads do not (mixed: g = 0 beside g = −30)."""
-    import gdnc.ops
-
     lengths = [5000, 1, 63, 3000, 64]
     T = sum(lengths)
-    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(block_v, 256, -(-T // 256)))
+    policy = HeuristicPolicy(SplitConfig(segment_len=256), {"block_v": block_v})
     cu = offsets(lengths)
-    check(*inputs(T, h_qk, h_v, N=len(lengths), gates=gates), cu=cu)
+    check(*inputs(T, h_qk, h_v, N=len(lengths), gates=gates), cu=cu, policy=policy)
 
 
 @pytest.mark.parametrize("lengths", [[32768], [28672, 4096], [1000, 1, 63, 2000]])
@@ -207,39 +216,32 @@ def test_a_fallback_during_capture_is_refused_clearly():
             gdnc.chunk_gated_delta_rule(q[..., :96], k[..., :96], v, g, beta)
 
 
-@pytest.mark.parametrize("inverse,order,heads_per_cta", [
-    ("substitution", "chunk", 1), ("blocked", "chunk", 1), ("blocked", "head", 1),
-    ("substitution", "chunk", 4), ("blocked", "chunk", 4), ("blocked", "head", 4)])
-def test_every_prepare_config(inverse, order, heads_per_cta, monkeypatch):
+PREPARE_CASES = [("substitution", "chunk", 1), ("blocked", "chunk", 1), ("blocked", "head", 1),
+                 ("substitution", "chunk", 4), ("blocked", "chunk", 4), ("blocked", "head", 4)]
+
+
+@pytest.mark.parametrize("inverse,order,heads_per_cta", PREPARE_CASES)
+def test_every_prepare_config(inverse, order, heads_per_cta):
     """Both ways gdn_prepare forms the gate-free inverse, both CTA orders, one value head a CTA and
     all four of a k head (sharing K Kᵀ), on varlen with length-1 sequences and a tail, strong decay
     beside g = 0."""
-    import gdnc.ops
-
-    monkeypatch.setattr(gdnc.ops, "PREPARE_OPTIONS", {"inverse": inverse, "order": order, "heads_per_cta": heads_per_cta})
+    policy = HeuristicPolicy(prepare={"inverse": inverse, "order": order, "heads_per_cta": heads_per_cta})
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     cu = offsets(lengths)
-    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu)
+    check(*inputs(sum(lengths), 2, 8, N=len(lengths), gates="mixed"), cu=cu, policy=policy)
 
 
 @pytest.mark.parametrize("segment_len", [0, 256])
 @pytest.mark.parametrize("block_v", [32, 64])
-def test_pair_gates_on_the_loader(block_v, segment_len, monkeypatch):
+def test_pair_gates_on_the_loader(block_v, segment_len):
     """The forward with M's pair gates exponentiated by loader warps a chunk ahead
     (ForwardConfig.pair_gates="loader"), unsplit and split, on varlen with length-1 sequences and a
     tail, strong decay beside g = 0."""
-    import gdnc.ops
-
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     T = sum(lengths)
-    monkeypatch.setattr(gdnc.ops, "FORWARD_OPTIONS", {"pair_gates": "loader"})
-    monkeypatch.setattr(gdnc.ops, "plan_for",
-                        lambda *_: ForwardPlan(block_v, segment_len, -(-T // segment_len) if segment_len else 1))
+    policy = HeuristicPolicy(SplitConfig(segment_len=segment_len), {"block_v": block_v, "pair_gates": "loader"})
     cu = offsets(lengths)
-    check(*inputs(T, 2, 8, N=len(lengths), gates="mixed"), cu=cu)
-
-
-from gdnc.plan import SplitConfig  # noqa: E402  (context parallelism's kernels, below)
+    check(*inputs(T, 2, 8, N=len(lengths), gates="mixed"), cu=cu, policy=policy)
 
 
 def prepared(lengths, h_qk, h_v, gates):
@@ -247,19 +249,19 @@ def prepared(lengths, h_qk, h_v, gates):
     allowed: the kernels are called directly, not through the op's argument check), and the
     compiled kernels. β ‖k‖² > 2 in the chunk just before token 2048 (a boundary at segments of 256
     and of 2048), so that boundary is exact whatever the gates."""
-    from gdnc.emit.config import Heads
-    from gdnc.ops import kernels, output_allocator, prepare_args
+    from gdnc.emit.config import PrepareConfig
     from gdnc.reference.problem import Shapes
+    from gdnc.runtime.buffers import output_allocator
+    from gdnc.runtime.forward import prepare
 
     T = sum(lengths)
     q, k, v, g, beta, _ = inputs(T, h_qk, h_v, gates=gates, h0=False)
     beta[0, 2048 - 64:2048] *= 3.0
     cu = offsets(lengths)
     s = Shapes(1, T, h_qk, 128, h_v, 128, None, 128 ** -0.5, len(lengths))
-    compiled = kernels(Heads(h_qk, h_v))
-    prep = prepare_args(k, g, beta, s, cu, output_allocator("cuda", poison=True))
-    compiled["gdn_prepare"](*prep)
-    return compiled, cu, prep
+    prep = prepare(loaded("gdn", "gdn_prepare", Heads(h_qk, h_v), PrepareConfig()), k, g, beta, s, cu,
+                   output_allocator("cuda", poison=True))
+    return loaded("gdn", "cp_plan", Heads(h_qk, h_v), None), cu, prep
 
 
 @pytest.mark.parametrize("config", [SplitConfig(), SplitConfig(tau=-40.0, max_warmup_chunks=3),
@@ -267,18 +269,18 @@ def prepared(lengths, h_qk, h_v, gates):
 @pytest.mark.parametrize("gates", ["normal", "strong", "mixed"])
 @pytest.mark.parametrize("h_qk,h_v", [(2, 8), (16, 48)])
 def test_planner_kernel_equals_the_reference_planner(h_qk, h_v, gates, config):
-    """cp_plan against the torch reference planner (gdnc.cp.plan_slots) on gdn_prepare's outputs,
+    """cp_plan against the torch reference planner (gdnc.runtime.cp.plan_slots) on gdn_prepare's outputs,
     bit for bit, every output: varlen with length-0 and length-1 sequences and tails, segments of
     256 tokens (windows of up to 4 chunks) and of 2048 (up to 32)."""
-    from gdnc.cp import plan_slots, run_planner
+    from gdnc.runtime.cp import plan_slots, run_planner
 
     lengths = [5000, 1, 0, 63, 3000, 64]
-    compiled, cu, prep = prepared(lengths, h_qk, h_v, gates)
+    planner, cu, prep = prepared(lengths, h_qk, h_v, gates)
     T = sum(lengths)
     for segment_len in (256, 2048):
-        plan = ForwardPlan(64, segment_len, -(-T // segment_len))
-        got = run_planner(compiled["cp_plan"], cu, prep.l2_gate, prep.contracts, plan, config)
-        want = plan_slots(cu, prep.l2_gate, prep.contracts, plan, config)
+        split = Split(segment_len, -(-T // segment_len), config.tau, config.max_warmup_chunks)
+        got = run_planner(planner, cu, prep["l2_gate"], prep["contracts"], split)
+        want = plan_slots(cu, prep["l2_gate"], prep["contracts"], split)
         for name, x, y in zip(got._fields, got, want):
             assert x.dtype == y.dtype and torch.equal(x, y), f"{name} (segment_len {segment_len}):\n{x}\n{y}"
         chained = want.start[1:] < want.end[1:]
@@ -293,12 +295,10 @@ def test_planner_kernel_equals_the_reference_planner(h_qk, h_v, gates, config):
 
 @pytest.mark.parametrize("slots,sequences", [(7, 3), (300, 2)])
 def test_chain_kernel_equals_the_reference_chain(slots, sequences):
-    """cp_chain against gdnc.cp.chain_reference (fp32, no TF32): exact steps within fp32 rounding,
+    """cp_chain against gdnc.runtime.cp.chain_reference (fp32, no TF32): exact steps within fp32 rounding,
     shortcut steps left exactly as warmed up, slot 0 exactly h0; 300 slots take three blocks of flags."""
-    from gdnc.cp import chain_reference
-    from gdnc.emit.config import Heads
-    from gdnc.ops import kernels
     from gdnc.reference.compare import relative_error
+    from gdnc.runtime.cp import chain_reference
 
     HV, K = 8, 128
     P, N = slots, sequences
@@ -308,7 +308,7 @@ def test_chain_kernel_equals_the_reference_chain(slots, sequences):
     exact[0] = 0
     h0 = torch.randn(N, HV, K, K, device="cuda")
     got, want = warm.clone(), warm.clone()
-    kernels(Heads(2, HV))["cp_chain"](got, transition, exact, h0)
+    loaded("gdn", "cp_chain", Heads(2, HV), None)(states=got, transition=transition, exact=exact, initial_state=h0)
     chain_reference(want, transition, exact, h0)
     torch.cuda.synchronize()
     flat = exact.flatten().bool()
@@ -318,18 +318,16 @@ def test_chain_kernel_equals_the_reference_chain(slots, sequences):
     assert relative_error(got[flat], want[flat]) <= 1e-5
 
 
-def test_captured_split_call_with_an_empty_sequence(monkeypatch):
+def test_captured_split_call_with_an_empty_sequence():
     """A length-0 sequence passes the op during capture (its offsets are not read): split, its final
     state is its h0, and every other output equals the op's without that sequence, bit for bit."""
-    import gdnc.ops
-
     lengths = [5000, 0, 63, 3000]
     T = sum(lengths)
-    monkeypatch.setattr(gdnc.ops, "plan_for", lambda *_: ForwardPlan(64, 256, -(-T // 256)))
+    policy = HeuristicPolicy(SplitConfig(segment_len=256), {"block_v": 64})
     q, k, v, g, beta, h0 = inputs(T, 2, 8, N=len(lengths))
     cu = offsets(lengths)
     call = lambda cu_, h0_: gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0_,  # noqa: E731
-                                                        output_final_state=True, cu_seqlens=cu_)
+                                                        output_final_state=True, cu_seqlens=cu_, policy=policy)
     kept = [0, 2, 3]
     cu_kept = offsets([lengths[i] for i in kept])
     o_ref, ht_ref = call(cu_kept, h0[kept].contiguous())  # also loads the kernels before capture

@@ -13,6 +13,7 @@ from gdnc.ir import (
     classify,
     diag,
     exp,
+    hadamard,
     k,
     q,
     v,
@@ -63,6 +64,22 @@ def test_replace_makes_a_new_recurrence_with_its_own_hash():
     assert mine.ir_hash != gdn.ir_hash
     assert gdn.replace(name="renamed").ir_hash == gdn.ir_hash  # the hash is of the math only
     assert classify(gdnc.get_variant("gdn")).decay == "scalar"  # the original is untouched
+    # gdn's description no longer applies to altered math; a new name alone keeps it
+    assert mine.description == "altered from gdn"
+    assert gdn.replace(name="renamed").description == gdn.description
+    assert gdn.replace(update=mine.update, description="mine").description == "mine"
+
+
+def test_signature_declares_layouts_and_log_gates():
+    """The call's inputs as plain data: layouts, and which inputs are read only through exp()
+    (log-space gates, <= 0): gdn's g, gla's per-K g, retention's per-head g; not β."""
+    gdn, gla, retention = (gdnc.get_variant(n).signature for n in ("gdn", "gla", "retention"))
+    assert [(s.name, s.layout, s.log_gate) for s in gdn.inputs] == [("beta", "[B, T, HV]", False),
+                                                                     ("g", "[B, T, HV]", True)]
+    assert gdn.ir_hash == gdnc.get_variant("gdn").ir_hash and gdn.text() == "beta [B, T, HV], g [B, T, HV]"
+    assert [(s.layout, s.log_gate) for s in gla.inputs] == [("[B, T, HV, K]", True)]
+    assert [(s.layout, s.log_gate) for s in retention.inputs] == [("[HV]", True)]
+    assert gdnc.ir.Signature.from_dict(gdn.as_dict()) == gdn
 
 
 g, beta, a = Input("g"), Input("beta"), Input("a", channel="K")
@@ -73,6 +90,10 @@ REFUSED = [
     ("erase along another key", exp(g) * (I - beta * q * k.T) * S + beta * k * v.T, "leftmost factor is q"),
     ("rank-2 transition", (I - beta * k * k.T) * (I - beta * q * q.T) * S + k * v.T, "rank > 1"),
     ("two writes", S + k * v.T + q * v.T, "several write terms"),
+    ("two-step DeltaProduct", (I - Input("b2") * Key("k2") * Key("k2").T) * (exp(g) * (I - beta * k * k.T) * S
+                                                                          + beta * k * v.T)
+     + Input("b2") * Key("k2") * Input("v2", channel="V").T, "the transition has rank > 1"),
+    ("growing constant decay", sp.exp(sp.Rational(1, 2)) * S + k * v.T, r"grows the state \(its log, 1/2, is > 0\)"),
     ("no write", exp(g) * S, "no write term"),
     ("quadratic in S", S * S.T * S, "not linear in the state"),
     ("no state kept", k * v.T, "no term c\\*S"),
@@ -97,6 +118,17 @@ def test_recurrence_checks_its_fields():
         Recurrence("bad", k * k.T, S.T * q)
     with pytest.raises(ValueError, match="read must be one of"):
         Recurrence("bad", S + k * v.T, S.T * q, read="during")
+
+
+@pytest.mark.parametrize("update,message", [
+    (exp(g) * (I - beta * k * k.T) * S + beta * k * v, r"in beta\*k\*v, k \(Kx1\) times v \(Vx1\) does not multiply"),
+    (exp(g) * S + beta * k.T * v, r"k.T \(1xK\) times v \(Vx1\) does not multiply"),
+    (exp(g) * S + hadamard(k, q) * v.T + v * k.T, r"the terms of .* differ in size"),
+])
+def test_a_mistyped_shape_is_refused_where_the_recurrence_is_made(update, message):
+    """sympy does not check products and sums of symbolic sizes: the Recurrence does, naming the term."""
+    with pytest.raises(ValueError, match=message):
+        Recurrence("typo", update, S.T * q)
 
 
 def test_input_declarations_are_checked():

@@ -17,13 +17,16 @@ def inputs(T=70, H=2, HV=4, K=64, V=64, dtype=torch.bfloat16, N=1):
 
 
 def test_cpu_call_falls_back_to_the_reference_and_says_so_once():
-    gdnc.ops._warned.clear()
+    """A FallbackWarning says why, once per reason and call site (Python's default warning filter)."""
+    from gdnc.runtime.ops import FallbackWarning
+
     q, k, v, g, beta, h0 = inputs()
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")
         for _ in range(2):
             o, ht = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True)
     assert [str(w.message) for w in caught] == ["gdnc: no CUDA tensors; using the chunked reference"]
+    assert caught[0].category is FallbackWarning and caught[0].filename == __file__
     assert o.dtype == torch.bfloat16 and o.shape == (1, 70, 4, 64)
     assert ht.dtype == torch.float32 and ht.shape == (1, 4, 64, 64)
     o2, ht2 = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0)
@@ -61,7 +64,9 @@ def test_prepare_finds_every_chunk_from_the_offsets():
     end (so it writes nothing), and no slot reads past one chunk beyond the tokens."""
     import math
 
-    C = 64
+    from gdnc.ir.program import CHUNK_SIZE
+
+    C = CHUNK_SIZE
     for lengths in ([1], [64], [63], [65, 1, 63], [1000, 1, 2000, 64, 130], [128, 129, 127], [0, 5, 0],
                     [1] * 300, [64] * 7 + [1]):
         cu = [0] + torch.tensor(lengths).cumsum(0).tolist()
@@ -76,15 +81,16 @@ def test_prepare_finds_every_chunk_from_the_offsets():
         assert found == [(n, c) for n, length in enumerate(lengths) for c in range(math.ceil(length / C))]
 
 
-class BoundKernel:
-    """Stands in for a compiled kernel on CPU: checks each call's arguments against the TileLang
-    signature of the rendered source (count, tensor or scalar, dtype, rank, contiguity, fixed sizes,
-    and every symbolic size bound to one value across the arguments); writes nothing."""
+class SignatureChecker:
+    """Stands in for a compiled kernel on CPU: checks each call's positional arguments against the
+    TileLang signature of the rendered source (count, tensor or scalar, dtype, rank, contiguity, fixed
+    sizes, and every symbolic size bound to one value across the arguments); writes nothing."""
 
     def __init__(self, source: str, name: str):
-        from gdnc.emit.build import load, materialize
+        from gdnc.emit.build import load_prim_func
+        from gdnc.emit.cache import materialize
 
-        self.name, self.func = name, load(materialize(source, name, gdnc.get_variant("gdn").ir_hash))
+        self.name, self.func = name, load_prim_func(materialize(source, name, GDN.ir_hash))
         self.calls = 0
 
     def __call__(self, *args):
@@ -111,36 +117,52 @@ class BoundKernel:
         self.calls += 1
 
 
-@pytest.mark.parametrize("plan", ["unsplit", "split"])
+GDN = gdnc.get_variant("gdn")
+
+
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("varlen", [False, True])
 @pytest.mark.parametrize("h0", [False, True])
-def test_op_passes_every_kernel_its_parameters(plan, varlen, h0, monkeypatch):
-    """run_kernels, the op's kernel path, on CPU tensors with every kernel replaced by BoundKernel:
-    each launch gets what the kernel's signature declares, in its order."""
+def test_op_passes_every_kernel_its_parameters(split, varlen, h0):
+    """run_forward, the op's kernel path, on CPU tensors with every kernel a SignatureChecker behind
+    the registry's binding by name: each launch gets what the kernel's signature declares, in its order."""
+    from gdnc.emit.cache import Kernel
     from gdnc.emit.config import Heads
-    from gdnc.ops import run_kernels, sources_for
-    from gdnc.plan import ForwardPlan
+    from gdnc.emit.registry import spec
+    from gdnc.emit.render import render
     from gdnc.reference.problem import check_arguments
+    from gdnc.runtime.buffers import output_allocator
+    from gdnc.runtime.policy import Call, HeuristicPolicy
+    from gdnc.runtime.plan import SplitConfig
+    from gdnc.runtime.forward import run_forward
 
-    bound = {}
-
-    def fake_kernels(heads, forward, prepare):
-        for name, source in sources_for(heads, forward, prepare).items():
-            bound.setdefault((forward, prepare, name), BoundKernel(source, name))
-        return {name: kernel for (f, p, name), kernel in bound.items() if (f, p) == (forward, prepare)}
-
-    monkeypatch.setattr(gdnc.ops, "kernels", fake_kernels)
     lengths = [130, 1, 500] if varlen else [631]
     T = sum(lengths)
+    heads = Heads(2, 8)
+    policy = HeuristicPolicy(split=SplitConfig(segment_len=256 if split else 0), forward={"block_v": 128})
+    plan = policy.plan(Call(heads, T, len(lengths), 132))
+    checkers = {name: SignatureChecker(render(GDN, name, heads, config), name) for name, config in plan.kernels().items()}
+    kernels = {name: Kernel(spec(name), config, checkers[name]) for name, config in plan.kernels().items()}
     q, k, v, g, beta, state = inputs(T, 2, 8, 128, 128, N=len(lengths))
     cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32) if varlen else None
     initial_state = state if h0 else None
-    s = check_arguments(gdnc.get_variant("gdn"), q, k, v, scale=None, initial_state=initial_state, cu_seqlens=cu,
+    s = check_arguments(GDN.signature, q, k, v, scale=None, initial_state=initial_state, cu_seqlens=cu,
                         inputs={"g": g, "beta": beta})
-    chosen = ForwardPlan(128) if plan == "unsplit" else ForwardPlan(128, 256, -(-T // 256))
-    o, final = run_kernels(q, k, v, g, beta.float(), s, initial_state, True, cu, plan=chosen)
+    o, final = run_forward(q, k, v, g, beta.float(), s, initial_state, True, cu, plan, kernels,
+                           output_allocator("cpu", poison=True))
     assert o.shape == v.shape and final.shape == (len(lengths), 8, 128, 128)
-    launches = {name: kernel.calls for (_, _, name), kernel in bound.items()}
-    expected = {"gdn_prepare": 1, "gdn_forward": 3, "cp_plan": 1, "cp_chain": 1} if chosen.split else \
-        {"gdn_prepare": 1, "gdn_forward": 1, "cp_plan": 0, "cp_chain": 0}
-    assert launches == expected
+    launches = {name: checker.calls for name, checker in checkers.items()}
+    assert launches == ({"gdn_prepare": 1, "gdn_forward": 3, "cp_plan": 1, "cp_chain": 1} if split else
+                        {"gdn_prepare": 1, "gdn_forward": 1})
+
+
+def test_a_launch_binds_its_arguments_by_name():
+    from gdnc.emit.cache import Kernel
+    from gdnc.emit.registry import spec
+
+    got = []
+    chain = Kernel(spec("cp_chain"), None, lambda *args: got.append(args))
+    chain(exact=3, initial_state=4, transition=2, states=1)
+    assert got == [(1, 2, 3, 4)]
+    with pytest.raises(TypeError, match=r"cp_chain: missing arguments \['exact'\], unknown arguments \['exactly'\]"):
+        chain(states=1, transition=2, exactly=3, initial_state=4)

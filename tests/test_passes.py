@@ -3,12 +3,12 @@ import pytest
 import torch
 
 import gdnc
-from gdnc.explain import explain
+from gdnc.passes.explain import explain
 from gdnc.ir import classify
 from gdnc.ir.autodiff import build_backward
 from gdnc.ir.build import build_forward, build_state_only
 from gdnc.ir.cost import cost
-from gdnc.ir.interpret import program_forward, program_gradients
+from gdnc.reference.interpret import program_forward, program_gradients
 from gdnc.passes import compile_programs
 from gdnc.passes.cleanup import dce
 from gdnc.passes.eliminate_wu import eliminate_wu
@@ -33,7 +33,7 @@ def stage(report, program, name):
 
 @pytest.fixture(scope="module")
 def gdn_report():
-    return explain(gdnc.get_variant("gdn"), C=64, K=128, V=128)
+    return explain(gdnc.get_variant("gdn"), chunk_size=64, K=128, V=128)
 
 
 def test_gdn_forward_numbers(gdn_report):

@@ -6,9 +6,10 @@ No implementation can beat it; time / floor is the room left.
 
 from __future__ import annotations
 
+from gdnc.ir.program import CHUNK_SIZE
+
 from .shapes import Shape
 
-CHUNK_SIZE = 64
 # Tensor-core multiply-adds per chunk of 64 tokens and value head, fused formulation, K = V = 128
 # (gdn-math.md §7: KKᵀ, QKᵀ, KŜ, AgW, QŜ, PgV', KᵀV' and the inverse), ≈ 180 kFLOP per token.
 MACS_PER_CHUNK_HEAD = 5.8e6

@@ -36,7 +36,8 @@ MAX_INPUT_SETS = 8
 def _parse(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="gdnc bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="a subset that fits one 10-minute device call, compilation included")
+                        help="a subset: 2 head configurations x 5 token mixes (about ten minutes with "
+                             "the peers' first compilation)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default benchmarks/results/<date>-<gpu>/)")
     parser.add_argument("--shapes", default=None,
@@ -45,7 +46,7 @@ def _parse(argv) -> argparse.Namespace:
                         help="skip the cross-checks and the float64 check")
     parser.add_argument("--budget-s", type=float, default=None,
                         help="skip shapes that would likely end after this many seconds (keeps "
-                             "a device call inside its limit; skipped shapes are listed); the "
+                             "a run inside a time limit; skipped shapes are listed); the "
                              "warm-up and the cold start count, and are stopped at it")
     parser.add_argument("--warm-workers", type=int, default=None, metavar="N",
                         help="before timing, compile the peers' kernels for the selected shapes in "
@@ -65,14 +66,14 @@ def _parse(argv) -> argparse.Namespace:
 
 
 def _heads(text: str) -> tuple[int, int]:
-    """'16/32' -> (16, 32), checked as a shape would check it."""
+    """'16/32' -> (16, 32), checked as gdnc's kernels check it."""
+    from gdnc.emit.config import Heads
+
     try:
-        h_qk, h_v = map(int, text.split("/"))
-        shape_table.Shape(h_qk, h_v, (1,))
+        heads = Heads.parse(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected HQ/HV with HV a multiple of HQ, e.g. 16/32 "
-                                         f"({error})") from None
-    return h_qk, h_v
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return heads.h_qk, heads.h_v
 
 
 def _gpu_slug(device_name: str) -> str:

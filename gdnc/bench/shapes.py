@@ -30,10 +30,9 @@ TOKEN_MIXES = (
     (8192,) * 4, (4096,) * 8, (2048,) * 4, (1024,) * 8,
 )
 
-# --quick: a subset that fits one 10-minute device call. Each new head configuration costs about
-# 3.5 minutes of compilation and autotuning on the H100 (measured 2026-11-23: FlashQLA ~100-120 s,
-# FLA's Triton autotune ~80 s, over the dense, CP and varlen variants the mixes below need), so
-# quick takes two: few heads (where intra-card CP wins) and the 35B/9B TP1 slice. Its token mixes
+# --quick: a subset that runs in about ten minutes, the peers' first compilation included (each new
+# head configuration costs minutes of FlashQLA compilation and FLA autotuning: benchmarks/NOTES.md),
+# so quick takes two head configurations: few heads (where intra-card CP wins) and the 35B/9B TP1 slice. Its token mixes
 # separate the designs: one short and one long sequence, an uneven split (intra-card CP), and
 # batches that already fill the GPU.
 QUICK_HEAD_CONFIGS = ((2, 8), (16, 32))

@@ -1,53 +1,61 @@
-"""Build rendered kernels: lower to CUDA for sm_90a (no GPU needed), report what nvcc made of it,
-and compile for running, with an on-disk cache keyed on the IR hash, the config, the target and the
-TileLang and nvcc versions.
+"""Build a rendered kernel: lower it to CUDA for sm_90a (no GPU needed), report what nvcc made of
+it, and compile it into a runnable TileLang kernel. Works on files; where they live and how they
+are keyed is gdnc.emit.cache's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-import hashlib
 import importlib.util
-import multiprocessing
 import os
 import re
+import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
+from importlib import metadata
 from pathlib import Path
 
 TARGET = {"kind": "cuda", "arch": "sm_90a"}
 PASS_CONFIGS = {"tl.enable_fast_math": True}
 
 
-def materialize(source: str, name: str, ir_hash: str) -> Path:
-    """The rendered source as a file under the cache (TileLang parses kernels from their files)."""
-    path = cache_root() / "sources" / (cache_key(ir_hash, name, source) + ".py")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
-        tmp.replace(path)
-    return path
+def versions() -> str:
+    """TileLang and nvcc versions: what a compiled kernel depends on besides its source (the nvcc
+    on the PATH now: a process may change its PATH)."""
+    return _versions(shutil.which("nvcc"))
 
 
-def load(path: Path):
-    """The TileLang prim_func a rendered source file builds."""
+@functools.lru_cache(maxsize=None)
+def _versions(nvcc: str | None) -> str:
+    tilelang = "none"
+    if importlib.util.find_spec("tilelang") is not None:  # read from its metadata: importing tilelang costs seconds
+        tilelang = metadata.version("tilelang")
+    release = "none"
+    if nvcc is not None:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+        found = re.search(r"release ([\d.]+)", out)
+        release = found.group(1) if found else "unknown"
+    return f"tilelang-{tilelang}-nvcc-{release}"
+
+
+def load_prim_func(path: Path):
+    """The TileLang prim_func a rendered source file builds (TileLang parses kernels from files)."""
     spec = importlib.util.spec_from_file_location(f"gdnc_generated_{path.stem.replace('-', '_')}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.build()
 
 
-def lower_cuda(source: str, name: str, ir_hash: str) -> str:
-    """Lower a rendered kernel to CUDA C++ for sm_90a; works on a machine without a GPU."""
+def lower_cuda(path: Path) -> str:
+    """The CUDA C++ TileLang lowers a rendered source file to, for sm_90a; needs no GPU."""
     import tilelang
     from tilelang import tvm
     from tvm.target import Target
 
     target = Target(TARGET)
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIGS), target:
-        return tilelang.lower(load(materialize(source, name, ir_hash)), target=target).kernel_source
+        return tilelang.lower(load_prim_func(path), target=target).kernel_source
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +74,7 @@ class NvccReport:
 
 def nvcc_report(cuda_source: str) -> NvccReport:
     """Compile CUDA from lower_cuda with nvcc for sm_90a and read the ptxas report."""
-    tl_dir = Path(__import__("tilelang").__file__).parent
+    tl_dir = Path(importlib.util.find_spec("tilelang").origin).parent
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "k.cu"
         src.write_text(cuda_source)
@@ -90,77 +98,26 @@ def nvcc_report(cuda_source: str) -> NvccReport:
                       setmaxnreg=any(word in cuda_source for word in ("setmaxnreg", "warpgroup_reg_alloc")))
 
 
-@functools.lru_cache(maxsize=1)
-def versions() -> str:
-    """TileLang and nvcc versions: part of every cache key."""
-    import tilelang
-
+@contextlib.contextmanager
+def tilelang_cache(directory: Path):
+    """TileLang's kernel cache in ``directory`` while the block runs (TileLang reads the variable at
+    each lookup); the caller's setting, if any, is restored after."""
+    before = os.environ.get("TILELANG_CACHE_DIR")
+    os.environ["TILELANG_CACHE_DIR"] = str(directory)
     try:
-        out = subprocess.run(["nvcc", "--version"], capture_output=True, text=True).stdout
-        nvcc = re.search(r"release ([\d.]+)", out).group(1)
-    except (OSError, AttributeError):
-        nvcc = "none"
-    return f"tilelang-{tilelang.__version__}-nvcc-{nvcc}"
+        yield
+    finally:
+        if before is None:
+            del os.environ["TILELANG_CACHE_DIR"]
+        else:
+            os.environ["TILELANG_CACHE_DIR"] = before
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("GDNC_CACHE_DIR", Path.home() / ".cache" / "gdnc")) / versions()
-
-
-def cache_key(ir_hash: str, kernel: str, source: str) -> str:
-    """IR hash + kernel + a hash of the rendered source (which holds heads and config) + target."""
-    digest = hashlib.sha256((source + repr(TARGET) + repr(sorted(PASS_CONFIGS.items()))).encode()).hexdigest()[:16]
-    return f"{ir_hash}/{kernel}-{digest}"
-
-
-def _use_cache_dir() -> None:
-    os.environ["TILELANG_CACHE_DIR"] = str(cache_root() / "tilelang")
-
-
-def compile_kernel(source: str, name: str, ir_hash: str):
-    """A runnable TileLang kernel. The rendered source is kept under the cache for reading; TileLang's
-    own cache, pointed into gdnc's versioned cache directory, makes a second process skip compiling."""
+def compile_kernel(path: Path, tilelang_dir: Path):
+    """A runnable TileLang kernel from a rendered source file, through TileLang's cache in
+    ``tilelang_dir``: a kernel compiled there before (keyed on its TIR) is loaded, not rebuilt."""
     import tilelang
 
-    _use_cache_dir()
-    path = materialize(source, name, ir_hash)
-    kernel = tilelang.compile(load(path), target=TARGET, execution_backend="tvm_ffi", pass_configs=PASS_CONFIGS)
-    _built_stamp(path).touch()
-    return kernel
-
-
-def _built_stamp(source_path: Path) -> Path:
-    """Marks a rendered source whose compiled kernel is in TileLang's cache under cache_root()."""
-    return source_path.with_suffix(".built")
-
-
-def is_built(source: str, name: str, ir_hash: str) -> bool:
-    """Whether this rendered kernel was compiled into the cache already (loading it needs no pool)."""
-    return _built_stamp(cache_root() / "sources" / (cache_key(ir_hash, name, source) + ".py")).exists()
-
-
-def _warm(args) -> tuple:
-    key, source, ir_hash = args
-    compile_kernel(source, key[-1], ir_hash)
-    return key
-
-
-def compile_many(sources: dict, workers: int, ir_hash: str, progress=None) -> None:
-    """Compile independent kernels of one recurrence in parallel processes, filling the on-disk cache.
-    ``sources`` maps keys whose last element is the kernel name to rendered sources."""
-    jobs = [(key, src, ir_hash) for key, src in sources.items()]
-    # spawn, not fork: the caller may already hold a CUDA context
-    with ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for done, key in enumerate(pool.map(_warm, jobs), 1):
-            if progress:
-                progress(done, key)
-
-
-def compile_all(sources: dict[str, str], ir_hash: str, workers: int | None = None) -> dict:
-    """Compile a set of kernels (in parallel when there is more than one), then load them here."""
-    if workers is None:
-        workers = min(len(sources), os.cpu_count() or 1)
-    missing = {name: src for name, src in sources.items() if not is_built(src, name, ir_hash)}
-    if workers > 1 and len(missing) > 1:  # a process pool costs seconds: only for kernels still to compile
-        compile_many({(name,): src for name, src in missing.items()}, workers, ir_hash)
-    return {name: compile_kernel(source, name, ir_hash) for name, source in sources.items()}
+    with tilelang_cache(tilelang_dir):
+        return tilelang.compile(load_prim_func(path), target=TARGET, execution_backend="tvm_ffi",
+                                pass_configs=PASS_CONFIGS)

@@ -1,8 +1,11 @@
 """Typed configurations of the kernel templates: the head shapes a kernel is built for, and the
-tunables of each template (also the autotuner's search space)."""
+tunables of each template (also the autotuner's search space). Every kernel's chunk is
+gdnc.ir.program.CHUNK_SIZE (the wgmma tile: not a tunable)."""
 from __future__ import annotations
 
 import dataclasses
+
+from gdnc.ir.program import CHUNK_SIZE
 
 DTYPES = {"bfloat16": "bf16", "float16": "fp16"}
 
@@ -31,6 +34,15 @@ class Heads:
     def group(self) -> int:
         return self.h_v // self.h_qk
 
+    @classmethod
+    def parse(cls, text: str, **dims) -> "Heads":
+        """Heads from "h_qk/h_v" ("16/32"), with the other fields from ``dims``; ValueError naming
+        what is wrong."""
+        parts = text.split("/") if isinstance(text, str) else []
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"expected heads as h_qk/h_v, e.g. 16/32, got {text!r}")
+        return cls(int(parts[0]), int(parts[1]), **dims)
+
 
 # the most gdn_prepare CTAs per SM before ptxas spills (nvcc 13.0): 5 leave 96 registers a thread
 # and the blocked inverse spills, 4 leave 128 and the substitution's column of A spills
@@ -58,12 +70,10 @@ class PrepareConfig:
     order: which CTAs run next to each other. "chunk": the chunks of one value head (a 2-D grid,
              head slowest); "head": the value heads of one chunk (a 1-D grid, head fastest), so the
              h_v / h_qk heads that share a chunk of k (GVA) run together and read it from HBM about
-             once instead of once each. Slower on the H200 where it differs (16/48 4096+28672:
-             490 against 365 µs), so not the default.
+             once instead of once each. Measured slower (benchmarks/NOTES.md), so not the default.
     """
 
-    chunk: int = 64
-    threads: int = 128
+    threads: int = 2 * CHUNK_SIZE
     ctas_per_sm: int | None = None
     inverse: str = "blocked"
     heads_per_cta: int = 1
@@ -75,10 +85,8 @@ class PrepareConfig:
             object.__setattr__(self, "ctas_per_sm", MAX_PREPARE_CTAS_PER_SM.get(self.inverse))
 
     def check(self, heads: Heads) -> None:
-        if self.chunk != 64:
-            raise ValueError(f"PrepareConfig.chunk must be 64 (the wgmma tile), got {self.chunk}")
-        if self.threads != 2 * self.chunk:
-            raise ValueError(f"PrepareConfig.threads must be 2 × chunk = {2 * self.chunk}, got {self.threads}")
+        if self.threads != 2 * CHUNK_SIZE:
+            raise ValueError(f"PrepareConfig.threads must be 2 × the chunk = {2 * CHUNK_SIZE}, got {self.threads}")
         if heads.k_dim % 64:
             raise ValueError(f"the prepare kernel needs K a multiple of 64, got K={heads.k_dim}")
         if self.inverse not in ("substitution", "blocked"):
@@ -125,11 +133,10 @@ class ForwardConfig:
                (benchmarks/trace_forward.py); the op never runs it
     pair_gates: who exponentiates M's C² pair gates: "output" (the output role, in M's registers) or
                "loader" (loader warps 2 and 3, a chunk ahead, into a 36 KB shared ring of their own,
-               with the stage released as soon as each role has read it). "loader" was slower on
-               the H200 in its first form (benchmarks/results/2026-12-03-h200-loader-gates/)
+               with the stage released as soon as each role has read it). "loader" measured slower
+               (benchmarks/NOTES.md), so not the default
     """
 
-    chunk: int = 64
     block_v: int = 64
     registers: tuple[int, int, int, int] | None = None
     trace: bool = False
@@ -150,8 +157,6 @@ class ForwardConfig:
         return 1 if self.block_v == 128 else 2
 
     def check(self, heads: Heads) -> None:
-        if self.chunk != 64:
-            raise ValueError(f"ForwardConfig.chunk must be 64, got {self.chunk}")
         if self.block_v not in FORWARD_WIDTHS or heads.v_dim % self.block_v:
             raise ValueError(f"ForwardConfig.block_v must be one of {FORWARD_WIDTHS} and divide "
                              f"V={heads.v_dim}, got {self.block_v}")
@@ -173,5 +178,12 @@ class ForwardConfig:
             raise ValueError(f"ForwardConfig.pair_gates must be 'output' or 'loader', got {self.pair_gates!r}")
 
 
+# cp_plan keeps whether each warm-up window is usable as one bit of a 32-bit word
+MAX_WINDOW_CHUNKS = 32
+
+
 def describe(config) -> str:
+    """A config's fields as text ("block_v=64, ..."); "none" for a kernel without a config."""
+    if config is None:
+        return "none"
     return ", ".join(f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(config))

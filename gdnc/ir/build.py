@@ -12,7 +12,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
-from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence
+from gdnc.ir.canonical import CanonicalForm, UnsupportedRecurrence
 from gdnc.ir.program import Builder, Program
 from gdnc.ir.symbols import ChannelVector, HeadScalar, KeyVector, TokenScalar
 

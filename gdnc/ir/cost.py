@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 from gdnc.ir.program import PAIR_GATES, Program
+from gdnc.ir.program import CHUNK_SIZE
 
 BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 
@@ -34,8 +35,9 @@ class Cost:
         return dataclasses.asdict(self)
 
 
-def cost(p: Program, C: int = 64, K: int = 128, V: int = 128) -> Cost:
-    dims = {"C": C, "K": K, "V": V}
+def cost(p: Program, chunk_size: int = CHUNK_SIZE, K: int = 128, V: int = 128) -> Cost:
+    C = chunk_size
+    dims = {"C": C, "K": K, "V": V}  # the program's tile dimensions
 
     def numel(shape):
         n = 1

@@ -1,15 +1,15 @@
 """Readable text of a recurrence's classification, canonical token form and derived chunked form."""
 from __future__ import annotations
 
-from gdnc.ir.classify import CanonicalForm
-from gdnc.ir.symbols import input_layout, sstr
+from gdnc.ir.canonical import CanonicalForm
+from gdnc.ir.symbols import sstr
 
 
 def describe(form: CanonicalForm) -> str:
     """Several lines: the recurrence, its inputs, axes, token form and chunked form (``gdnc show``)."""
     rec = form.recurrence
     s = sstr
-    inputs = ", ".join(f"{a.name} {input_layout(a)}" for a in rec.inputs) or "none"
+    inputs = rec.signature.text()
     per_k = form.decay_channel == "K"
     decay = {None: f"exp({s(form.log_decay)})", "K": f"diag(exp({s(form.log_decay_vector)}))"
              + ("" if form.log_decay == 0 else f" * exp({s(form.log_decay)})"),

@@ -42,6 +42,7 @@ import dataclasses
 from typing import Any
 
 Shape = tuple[str, ...]
+CHUNK_SIZE = 64  # tokens one chunk program covers: the chunked form's default and every kernel's chunk
 MASK_MODES = ("inclusive", "strict", "shifted")
 PAIR_GATES = frozenset({"decay_mask", "gated_inner", "gated_inner_grad"})  # exponentiate l_i − l_j
 EXPONENTIALS = PAIR_GATES | {"exp"}

@@ -21,6 +21,8 @@ from sympy import HadamardProduct, Identity, MatrixSymbol
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.printing.str import StrPrinter
 
+from gdnc.ir.signature import InputSpec
+
 K = sp.Symbol("K", integer=True, positive=True)
 V = sp.Symbol("V", integer=True, positive=True)
 
@@ -124,26 +126,15 @@ def hadamard(a: sp.MatrixExpr, b: sp.MatrixExpr) -> HadamardProduct:
     return HadamardProduct(a, b)
 
 
-def input_shape(sym, B, T, H, HV, K, V) -> tuple:
-    """The tensor shape an input of this kind takes in a call (FLA's layouts)."""
+def input_spec(sym, log_gate: bool = False) -> InputSpec:
+    """The plain-data declaration of an input symbol (its layout follows from its kind)."""
     if isinstance(sym, TokenScalar):
-        return (B, T, HV)
+        return InputSpec(sym.name, "token", log_gate=log_gate)
     if isinstance(sym, HeadScalar):
-        return (HV,)
+        return InputSpec(sym.name, "head", log_gate=log_gate)
     if isinstance(sym, ChannelVector):
-        return (B, T, HV, K if sym.channel == "K" else V)
-    return (B, T, H, K)
-
-
-def input_layout(sym) -> str:
-    """The layout of an input of this kind, as text ("[B, T, HV]")."""
-    if isinstance(sym, TokenScalar):
-        return "[B, T, HV]"
-    if isinstance(sym, HeadScalar):
-        return "[HV]"
-    if isinstance(sym, ChannelVector):
-        return f"[B, T, HV, {sym.channel}]"
-    return "[B, T, H, K]"
+        return InputSpec(sym.name, "channel", sym.channel, log_gate=log_gate)
+    return InputSpec(sym.name, "key", log_gate=log_gate)
 
 
 class _Printer(StrPrinter):

@@ -5,7 +5,7 @@ import dataclasses
 
 from gdnc.ir.autodiff import build_backward
 from gdnc.ir.build import build_forward, build_state_only
-from gdnc.ir.classify import classify
+from gdnc.ir.canonical import classify
 from gdnc.ir.program import Program
 from gdnc.ir.recurrence import Recurrence
 from gdnc.passes.cleanup import cse, dce

@@ -6,9 +6,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from gdnc.ir.classify import classify
+from gdnc.ir.canonical import classify
 from gdnc.ir.recurrence import Recurrence
-from gdnc.ir.symbols import KeyVector, input_shape
 
 GATE_MODES = ("normal", "strong", "zero")
 
@@ -52,17 +51,17 @@ def random_case(rec: Recurrence, *, T: int, B: int = 1, H: int = 2, HV: int = 4,
         return torch.randn(*shape, generator=generator, **opts)
 
     inputs = {}
-    for sym in rec.inputs:
-        shape = input_shape(sym, B, T, H, HV, K, V)
-        if sym.name in decay_names:
+    for spec in rec.signature.inputs:
+        shape = spec.shape(B, T, H, HV, K, V)
+        if spec.name in decay_names:
             x = {"normal": lambda: F.logsigmoid(randn(*shape)),
                  "strong": lambda: -30.0 + randn(*shape).clamp(-3, 3),
                  "zero": lambda: torch.zeros(shape, **opts)}[gates]()
-        elif isinstance(sym, KeyVector):
+        elif spec.kind == "key":
             x = F.normalize(randn(*shape), dim=-1)
         else:
             x = torch.sigmoid(randn(*shape))
-        inputs[sym.name] = x
+        inputs[spec.name] = x
     N = B if seqlens is None else len(seqlens)
     cu = None
     if seqlens is not None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
-from gdnc.ir.recurrence import Recurrence
-from gdnc.ir.symbols import HeadScalar, KeyVector, input_layout, input_shape
+from gdnc.ir.signature import Signature
+
+if TYPE_CHECKING:  # not imported at run time: the op checks its calls here without loading sympy
+    from gdnc.ir.recurrence import Recurrence
 
 
 @dataclasses.dataclass
@@ -73,8 +76,10 @@ class Shapes:
     num_sequences: int
 
 
-def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict) -> Shapes:
-    """Check every argument against the recurrence and FLA's layouts; raise naming the argument."""
+def check_arguments(signature: Signature, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict) -> Shapes:
+    """Check every argument against the recurrence's ``signature`` (Recurrence.signature) and FLA's
+    layouts; raise naming the argument. Log-space gates must be <= 0: on CUDA tensors that is read
+    back (a device sync) except during CUDA-graph capture, like cu_seqlens."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_float_tensor(name, x)
     if q.dim() != 4:
@@ -85,31 +90,34 @@ def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlen
     if v.dim() != 4 or tuple(v.shape[:2]) != (B, T):
         raise ValueError(f"v must be [B, T, HV, V] with B={B}, T={T} as in q, got shape {tuple(v.shape)}")
     HV, V = v.shape[2], v.shape[3]
-    if T < 1 or min(H, K, HV, V) < 1:
-        raise ValueError(f"empty dimension: q {tuple(q.shape)}, v {tuple(v.shape)}")
+    if min(B, T, H, K, HV, V) < 1:
+        raise ValueError(f"q [B, T, H, K] and v [B, T, HV, V] need every dimension >= 1, got q {tuple(q.shape)}, "
+                         f"v {tuple(v.shape)}")
     if HV % H:
         raise ValueError(f"v has HV={HV} heads, which is not a multiple of q/k's H={H} (GVA needs HV = G*H)")
     device = q.device
 
-    expected = {a.name: a for a in rec.inputs}
+    expected = {spec.name: spec for spec in signature.inputs}
     missing = sorted(set(expected) - set(inputs))
     extra = sorted(set(inputs) - set(expected))
-    signature = ", ".join(f"{n} {input_layout(a)}" for n, a in expected.items()) or "none"
     if missing:
-        raise TypeError(f"{rec.name}: missing input {', '.join(map(repr, missing))}; "
-                        f"expected inputs: {signature}")
+        raise TypeError(f"{signature.name}: missing input {', '.join(map(repr, missing))}; "
+                        f"expected inputs: {signature.text()}")
     if extra:
-        raise TypeError(f"{rec.name}: unexpected input {', '.join(map(repr, extra))}; "
-                        f"expected inputs: {signature}")
-    for name, sym in expected.items():
+        raise TypeError(f"{signature.name}: unexpected input {', '.join(map(repr, extra))}; "
+                        f"expected inputs: {signature.text()}")
+    for name, spec in expected.items():
         x = inputs[name]
         _check_float_tensor(name, x)
-        shape = input_shape(sym, B, T, H, HV, K, V)
+        shape = spec.shape(B, T, H, HV, K, V)
         if tuple(x.shape) != shape:
-            raise ValueError(f"{name} must be {input_layout(sym)} = {shape}, got shape {tuple(x.shape)}")
+            raise ValueError(f"{name} must be {spec.layout} = {shape}, got shape {tuple(x.shape)}")
     for name, x in (("k", k), ("v", v), *inputs.items()):
         if x.device != device:
             raise ValueError(f"{name} is on {x.device}, but q is on {device}; all tensors must share a device")
+    for spec in signature.inputs:
+        if spec.log_gate:
+            _check_log_gate(signature.name, spec.name, inputs[spec.name])
 
     seqlens = _check_cu_seqlens(cu_seqlens, B, T, device)
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
@@ -128,23 +136,34 @@ def check_arguments(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlen
     return Shapes(B, T, H, K, HV, V, seqlens, float(scale), N)
 
 
+def _check_log_gate(recurrence: str, name: str, x: torch.Tensor) -> None:
+    """A log-space gate must be <= 0 (NaN is the caller's to avoid); not read during capture."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return
+    largest = float(x.detach().max())
+    if largest > 0:
+        raise ValueError(f"{name} must be <= 0: {recurrence} reads it as a log-space gate exp({name}), and a gate "
+                         f"above 1 grows the state; got a maximum of {largest:.4g} (a gate in linear space? pass "
+                         f"its log, e.g. F.logsigmoid(x))")
+
+
 def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
             dtype: torch.dtype) -> Problem:
     """Check the call (check_arguments), then lay every tensor out per value head in ``dtype``."""
-    s = check_arguments(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
+    s = check_arguments(rec.signature, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
                         inputs=inputs)
     if cu_seqlens is not None and s.seqlens is None:
         raise RuntimeError("the reference executors split sequences on the host, which they cannot do while a "
                            "CUDA graph is being captured (cu_seqlens cannot be read); run them outside capture")
     group = s.HV // s.H
     tensors = {"q": q.repeat_interleave(group, 2), "k": k.repeat_interleave(group, 2), "v": v}
-    for sym in rec.inputs:
-        x = inputs[sym.name]
-        if isinstance(sym, KeyVector):
+    for spec in rec.signature.inputs:
+        x = inputs[spec.name]
+        if spec.kind == "key":
             x = x.repeat_interleave(group, 2)
-        elif isinstance(sym, HeadScalar):
+        elif spec.kind == "head":
             x = x.expand(s.B, s.T, s.HV)
-        tensors[sym.name] = x
+        tensors[spec.name] = x
     tensors = {name: x.to(dtype) for name, x in tensors.items()}
     h0 = None if initial_state is None else initial_state.to(dtype)
     return Problem(rec, tensors, h0, s.seqlens, s.scale, s.B, s.T, s.HV, s.K, s.V)
@@ -186,7 +205,7 @@ def fold_heads(x: torch.Tensor) -> torch.Tensor:
 
 def matrix_leaves(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Per-token tensors [N, T, HV, ...] as IR leaves with heads folded: scalars [N*HV, T, 1, 1],
-    vectors [N*HV, T, n, 1] (the matrix shapes gdnc.ir.evaluate expects)."""
+    vectors [N*HV, T, n, 1] (the matrix shapes gdnc.reference.evaluate expects)."""
     leaves = {}
     for name, x in tensors.items():
         x = fold_heads(x)

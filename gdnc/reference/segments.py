@@ -1,6 +1,6 @@
 """Context parallelism in float64: a sequence split into segments that run independently, then chained.
 
-Every recurrence gdnc accepts is affine in its state (gdnc.ir.classify): over a segment,
+Every recurrence gdnc accepts is affine in its state (gdnc.ir.canonical): over a segment,
 S_end = M S_start + S_ext, where S_ext is the segment's end state from a zero start and M (K x K)
 its transition — the product of the per-chunk transitions γ_L (I − Dᵀ A diag(β) R). So
 
@@ -24,7 +24,8 @@ import math
 import torch
 
 from gdnc.ir.recurrence import Recurrence
-from gdnc.reference.chunked import chunked
+from gdnc.ir.program import CHUNK_SIZE
+from gdnc.reference.chunked_form import chunked
 
 
 @dataclasses.dataclass
@@ -49,7 +50,7 @@ def _slice(case_tensors: dict, start: int, end: int) -> dict:
     return {name: x[:, start:end] for name, x in case_tensors.items()}
 
 
-def segment_summary(rec: Recurrence, q, k, v, inputs: dict, *, chunk_size=64, dtype=torch.float64):
+def segment_summary(rec: Recurrence, q, k, v, inputs: dict, *, chunk_size=CHUNK_SIZE, dtype=torch.float64):
     """(S_ext [HV, K, V], M [HV, K, K]) of one unsplit segment (B = 1 tensors of that segment only)."""
     HV, K = v.shape[2], q.shape[3]
     _, s_ext = chunked(rec, q, k, v, output_final_state=True, chunk_size=chunk_size, dtype=dtype, **inputs)
@@ -74,7 +75,7 @@ def chained_states(summaries, h0):
 
 
 def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial_state=None,
-              output_final_state=False, cu_seqlens=None, chunk_size=64, dtype=torch.float64, **inputs):
+              output_final_state=False, cu_seqlens=None, chunk_size=CHUNK_SIZE, dtype=torch.float64, **inputs):
     """The chunked reference run the context-parallel way: summaries per segment, the chain, then
     every segment from its chained start state. Same arguments and results as
     gdnc.reference.chunked (B = 1), plus ``segment_len``."""
@@ -105,14 +106,22 @@ def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial
     return torch.cat(outs, 1), final_state
 
 
+def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Per token and value head, whether the transition I − β k kᵀ has spectral norm at most 1
+    (0 <= β ‖k‖² <= 2). k: [..., H, K]; beta: [..., HV] -> bool [..., HV]."""
+    group = beta.shape[-1] // k.shape[-2]
+    norm_dtype = torch.promote_types(k.dtype, torch.float32)  # bf16 k is summed in fp32, not copied
+    norm2 = torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square()
+    erase = beta * (norm2.repeat_interleave(group, -1) if group > 1 else norm2)
+    return (erase - 1).abs() <= 1
+
+
 def shortcut_bound(k, beta, log_decay_tail: torch.Tensor):
     """The bound e^τ on how much a segment's start state can reach its end state, where τ is the
     decay accumulated over the segment's tail (log_decay_tail: the per-token log gates of the
     tail, [..., n]); None when its assumption fails on these inputs (every I − β k kᵀ
-    non-expansive: 0 <= β ‖k‖² <= 2, gdnc.cp.non_expansive), in which case the exact chain must
-    be used. k: [B, T, H, K]; beta: [B, T, HV]."""
-    from gdnc.cp import non_expansive
-
+    non-expansive: 0 <= β ‖k‖² <= 2, non_expansive), in which case the exact chain must be used.
+    k: [B, T, H, K]; beta: [B, T, HV]."""
     if not bool(non_expansive(k, beta).all()):
         return None
     tau = log_decay_tail.double().sum(-1).max().item()

@@ -114,6 +114,13 @@ def classify(rec: Recurrence) -> CanonicalForm:
     log_decay = _log_of(rec, decay_coef, decay_term)
     channel_factor, log_vector, channel = _decay_matrix(rec, decay_factors, decay_term)
 
+    # the transition before the write: a rank-2 one (a two-step DeltaProduct) also has several write
+    # terms, and its rank is what the chunked form cannot take
+    if len(erase_terms) > 1:
+        raise UnsupportedRecurrence(
+            f"{rec.name}: the transition has rank > 1 ({len(erase_terms)} erase terms: "
+            + ", ".join(sstr(t) for t, _, _ in erase_terms) + "); a rank-2 or higher transition "
+            "(DeltaProduct, DPLR) is not supported; expected one erase term -beta*k*r.T*S")
     if len(write_terms) != 1:
         what = "no write term" if not write_terms else \
             "several write terms " + ", ".join(sstr(t) for t, _, _ in write_terms)
@@ -129,11 +136,6 @@ def classify(rec: Recurrence) -> CanonicalForm:
         else write_factors[1].T.doit()
 
     erase_coef = erase_key = None
-    if len(erase_terms) > 1:
-        raise UnsupportedRecurrence(
-            f"{rec.name}: {len(erase_terms)} erase terms (" + ", ".join(sstr(t) for t, _, _ in erase_terms)
-            + "): a transition of rank > 1 (DeltaProduct, DPLR) is not supported; expected one term "
-            "-beta*k*r.T*S")
     if erase_terms:
         erase_coef, erase_key = _erase(rec, erase_terms[0], direction, decay_coef, channel_factor,
                                        channel, log_decay)
@@ -165,6 +167,10 @@ def _log_of(rec, coef, term):
         raise UnsupportedRecurrence(
             f"{rec.name}: decay coefficient {sstr(coef)} in {sstr(term)} is not written in log "
             "space; write the decay as exp(g) with g <= 0 an Input")
+    if log_c.is_positive:
+        raise UnsupportedRecurrence(
+            f"{rec.name}: decay coefficient {sstr(coef)} in {sstr(term)} grows the state (its log, "
+            f"{sstr(log_c)}, is > 0); a decay must be exp(g) with g <= 0")
     return log_c
 
 

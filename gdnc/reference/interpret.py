@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import torch
 
-from gdnc.ir.gates import pair_gate
 from gdnc.ir.program import Program
 from gdnc.ir.recurrence import Recurrence
-from gdnc.ir.symbols import HeadScalar, KeyVector
+from gdnc.ir.program import CHUNK_SIZE
+from gdnc.reference.gates import pair_gate
 from gdnc.reference.problem import Problem, fold_heads, prepare, start_state, unfold_heads
 
 
@@ -184,7 +184,7 @@ def run_backward(state_prog: Program, bwd: Program, problem: Problem, tensors: d
 
 
 def program_forward(rec: Recurrence, forward: Program, q, k, v, *, scale=None, initial_state=None,
-                    cu_seqlens=None, chunk_size=64, **inputs):
+                    cu_seqlens=None, chunk_size=CHUNK_SIZE, **inputs):
     """o [B, T, HV, V] and final state [N, HV, K, V] from a forward (or state-only: o is None) program."""
     problem = prepare(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
                       inputs=inputs, dtype=torch.float64)
@@ -197,7 +197,7 @@ def program_forward(rec: Recurrence, forward: Program, q, k, v, *, scale=None, i
 
 
 def program_gradients(rec: Recurrence, state: Program, backward: Program, q, k, v, d_o, d_ht, *,
-                      scale=None, initial_state=None, cu_seqlens=None, chunk_size=64, **inputs) -> dict:
+                      scale=None, initial_state=None, cu_seqlens=None, chunk_size=CHUNK_SIZE, **inputs) -> dict:
     """Gradients of <o, d_o> + <final_state, d_ht> for every input, in the inputs' own layouts:
     dq, dk, dv, d<input>, dh0 (dh0 only with an initial state)."""
     problem = prepare(rec, q, k, v, scale=scale, initial_state=initial_state, cu_seqlens=cu_seqlens,
@@ -216,14 +216,14 @@ def program_gradients(rec: Recurrence, state: Program, backward: Program, q, k, 
     H = q.shape[2]
     group = problem.HV // H
     out = {}
-    for sym_name in ["q", "k", "v"] + [a.name for a in rec.inputs]:
-        g = grads[f"d{sym_name}"]
-        sym = next((a for a in rec.inputs if a.name == sym_name), None)
-        if sym_name in ("q", "k") or isinstance(sym, KeyVector):
+    kinds = {"q": "key", "k": "key", "v": "value", **{spec.name: spec.kind for spec in rec.signature.inputs}}
+    for name, kind in kinds.items():
+        g = grads[f"d{name}"]
+        if kind == "key":
             g = g.reshape(*g.shape[:2], H, group, *g.shape[3:]).sum(3)
-        elif isinstance(sym, HeadScalar):
+        elif kind == "head":
             g = g.sum((0, 1))
-        out[f"d{sym_name}"] = g
+        out[f"d{name}"] = g
     if initial_state is not None:
         out["dh0"] = grads["dh0"]
     return out

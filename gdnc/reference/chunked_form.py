@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from gdnc.ir.classify import CanonicalForm, UnsupportedRecurrence, classify
-from gdnc.ir.evaluate import evaluate
-from gdnc.ir.gates import pair_gate
+from gdnc.ir.canonical import CanonicalForm, UnsupportedRecurrence, classify
+from gdnc.reference.evaluate import evaluate
+from gdnc.reference.gates import pair_gate
 from gdnc.ir.recurrence import Recurrence
+from gdnc.ir.program import CHUNK_SIZE
 from gdnc.reference.problem import Problem, matrix_leaves, prepare, run, start_state, unfold_heads
 
 
 def chunked(rec: Recurrence, q, k, v, *, scale=None, initial_state=None, output_final_state=False,
-            cu_seqlens=None, chunk_size=64, dtype=torch.float64, operand_dtype=None, **inputs):
+            cu_seqlens=None, chunk_size=CHUNK_SIZE, dtype=torch.float64, operand_dtype=None, **inputs):
     """Run ``rec`` in chunked form with chunks of ``chunk_size`` tokens. Differentiable.
 
     Same arguments and results as ``gdnc.reference.recurrent``. ``operand_dtype`` (e.g. bfloat16)
@@ -70,7 +71,7 @@ def token_quantities(form: CanonicalForm, problem: Problem, tensors: dict) -> di
 
 
 def gated_inner(a, b, l, mode: str, mm=torch.matmul):
-    """Σ_c a_ic b_jc G_ijc for the chunk's pairwise decay gate G (gdnc.ir.gates.pair_gate).
+    """Σ_c a_ic b_jc G_ijc for the chunk's pairwise decay gate G (gdnc.reference.gates.pair_gate).
 
     a, b: [NH, L, K]; l: [NH, L] (scalar gate) or [NH, L, K] (per-K gate). Returns [NH, L, L].
     """

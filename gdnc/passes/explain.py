@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from gdnc.ir.cost import cost
+from gdnc.ir.program import CHUNK_SIZE
 from gdnc.passes import STRUCTURE, compile_programs
 
 COLUMNS = (("tc_macs", "TC MACs"), ("cuda_flops", "CUDA FLOPs"), ("sfu", "SFU"), ("cxc_exps", "CxC exps"),
            ("hbm_bytes", "HBM bytes"), ("serial_gemms", "chain"), ("positive_exps", "exp>0"))
 
 
-def explain(rec, C=64, K=128, V=128) -> dict:
+def explain(rec, chunk_size=CHUNK_SIZE, K=128, V=128) -> dict:
     """{program: [{stage, note, cost, hbm_roles, program}]} for the forward, state-only and backward."""
     compiled = compile_programs(rec)
     out = {}
@@ -18,12 +19,12 @@ def explain(rec, C=64, K=128, V=128) -> dict:
             live = p.live()
             note = p.log[-1] if i else ("reverse-mode autodiff of the forward after " + ", ".join(
                 f.__name__ for f in STRUCTURE) if name == "backward" else "built from the canonical form")
-            rows.append({"stage": stage, "note": note, "cost": cost(p, C, K, V).as_dict(),
+            rows.append({"stage": stage, "note": note, "cost": cost(p, chunk_size, K, V).as_dict(),
                          "hbm_roles": sorted({op.role for op in live.ops if op.kind == "hbm"}),
                          "program": str(live)})
         out[name] = rows
     return {"recurrence": rec.name, "equation": rec.equation(), "ir_hash": rec.ir_hash,
-            "dims": {"C": C, "K": K, "V": V}, "programs": out}
+            "dims": {"C": chunk_size, "K": K, "V": V}, "programs": out}
 
 
 def format_explain(report: dict, show_programs: bool = True) -> str:

@@ -31,12 +31,13 @@ whatever gdn_prepare computed per chunk — is that of the unsplit call.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import torch
 
-from gdnc.plan import ForwardPlan, SplitConfig
+from gdnc.ir.program import CHUNK_SIZE
+from gdnc.runtime.buffers import kept_identity, kept_range, kept_zeros
+from gdnc.runtime.plan import Split
 
 
 class Slots(NamedTuple):
@@ -52,24 +53,7 @@ class Slots(NamedTuple):
     final_row: torch.Tensor  # where the last pass writes the slot's end state: n at sequence n's final slot, else −1
 
 
-def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Per token and value head, whether the transition I − β k kᵀ has spectral norm at most 1
-    (0 <= β ‖k‖² <= 2). k: [..., H, K]; beta: [..., HV] -> bool [..., HV]."""
-    group = beta.shape[-1] // k.shape[-2]
-    norm_dtype = torch.promote_types(k.dtype, torch.float32)  # bf16 k is summed in fp32, not copied
-    norm2 = torch.linalg.vector_norm(k, dim=-1, dtype=norm_dtype).square()
-    erase = beta * (norm2.repeat_interleave(group, -1) if group > 1 else norm2)
-    return (erase - 1).abs() <= 1
-
-
-def window_limits(plan: ForwardPlan, config: SplitConfig, chunk: int = 64) -> tuple[int, float]:
-    """(W, τ in log2): the most chunks a warm-up window may have, and the decay threshold in the
-    base of gdn_prepare's l2_gate. The planner kernel and plan_slots take both from here."""
-    return min(plan.segment_len // chunk, config.max_warmup_chunks), config.tau * math.log2(math.e)
-
-
-def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, plan: ForwardPlan,
-               config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
+def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, split: Split) -> Slots:
     """The slots of the packed sequences ``cu`` [N + 1] and, for each, its warm-up window: the torch
     reference of the cp_plan kernel (run_planner), which computes the same, bit for bit.
 
@@ -78,9 +62,9 @@ def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor,
     read at chunks' first rows only (1.0: every transition of the chunk is non-expansive). A
     window of w + 1 whole chunks before a boundary has the sum of their decays (in fp64); the
     shortest whose decay is <= τ in every head, and whose chunks all contract, is taken. Only the
-    W chunks before each boundary are read (window_limits)."""
-    L, P = plan.segment_len, plan.slots
-    W, tau2 = window_limits(plan, config, chunk)
+    W chunks before each boundary are read (Split.window_limits)."""
+    L, P, chunk = split.segment_len, split.slots, CHUNK_SIZE
+    W, tau2 = split.window_limits()
     cu = cu.long()
     start = torch.minimum(cu[:-1] + torch.arange(0, P * L, L, device=cu.device)[:, None], cu[1:])  # [P, N]
     end = torch.minimum(start + L, cu[1:])
@@ -106,75 +90,42 @@ def plan_slots(cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor,
                  torch.where(slot == final_slot, rows % N, -1).to(i32))
 
 
-def run_planner(kernel, cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, plan: ForwardPlan,
-                config: SplitConfig = SplitConfig(), chunk: int = 64) -> Slots:
+def run_planner(kernel, cu: torch.Tensor, l2_gate: torch.Tensor, contracts: torch.Tensor, split: Split) -> Slots:
     """plan_slots on the device: the compiled cp_plan kernel, one launch, on the same arguments
     (cu int32; every output element is written)."""
-    config.check(chunk)  # the kernel holds at most MAX_WARMUP_CHUNKS windows
-    P, N = plan.slots, cu.numel() - 1
+    P, N = split.slots, cu.numel() - 1
     slots = Slots(*(torch.empty(P, N, dtype=torch.int32, device=cu.device) for _ in Slots._fields))
-    kernel(cu, l2_gate, contracts, plan.segment_len, *window_limits(plan, config, chunk), *slots)
+    window_chunks, tau2 = split.window_limits()
+    kernel(cu_seqlens=cu, l2_gate=l2_gate, contracts=contracts, segment_len=split.segment_len,
+           window_chunks=window_chunks, tau2=tau2, **slots._asdict())
     return slots
 
 
-def chain_reference(states: torch.Tensor, transition: torch.Tensor, exact: torch.Tensor, h0: torch.Tensor) -> None:
+def chain_reference(states: torch.Tensor, transition: torch.Tensor, exact: torch.Tensor,
+                    initial_state: torch.Tensor) -> None:
     """The cp_chain kernel in torch, in place: states [P·N, HV, K, V] go from every slot's warm-up
     end state to its start state, states[p·N + n] += M_p states[(p−1)·N + n] where exact[p, n]
-    ([P, N] int), after states[n] = h0[n] ([N, HV, K, V]); transition [P·N, HV, K, K]."""
+    ([P, N] int), after states[n] = initial_state[n] ([N, HV, K, V]); transition [P·N, HV, K, K]."""
     P, N = exact.shape
     states = states.view(P, N, *states.shape[1:])
     transition = transition.view(P, N, *transition.shape[1:])
-    states[0] = h0
+    states[0] = initial_state
     for p in range(1, P):
         states[p] += torch.where(exact[p].bool()[:, None, None, None], transition[p] @ states[p - 1], 0)
-
-
-_KEPT: dict[tuple, list[torch.Tensor]] = {}
-
-
-def kept_rows(key: tuple, rows: int, make) -> torch.Tensor:
-    """The first ``rows`` rows of a buffer kept between calls under ``key`` (``make(rows)`` makes
-    one): the kernels only read these, and a fresh one would cost its fill every call. A kept
-    buffer is never freed, since a captured CUDA graph may read it; one made during capture is not
-    kept, since capture does not run its fill."""
-    kept = _KEPT.setdefault(key, [])
-    buf = next((b for b in kept if b.shape[0] >= rows), None)
-    if buf is None:
-        buf = make(rows)
-        if not (buf.is_cuda and torch.cuda.is_current_stream_capturing()):
-            kept.append(buf)
-    return buf[:rows]
-
-
-def kept_zeros(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """A zero tensor of ``shape``, from kept buffers (kept_rows)."""
-    rows = math.prod(shape)
-    return kept_rows(("zeros", device, dtype), rows, lambda r: torch.zeros(r, dtype=dtype, device=device)).view(shape)
-
-
-def kept_identity(shape, dtype: torch.dtype, device) -> torch.Tensor:
-    """Identity matrices [..., K, K] of ``shape``, from kept buffers (kept_rows)."""
-    K, rows = shape[-1], math.prod(shape[:-2])
-    make = lambda r: torch.eye(K, dtype=dtype, device=device).expand(r, K, K).contiguous()  # noqa: E731
-    return kept_rows(("identity", device, dtype, K), rows, make).view(shape)
-
-
-def kept_range(count: int, device) -> torch.Tensor:
-    """0, 1, …, count − 1 as int32, from kept buffers (kept_rows)."""
-    return kept_rows(("range", device), count, lambda r: torch.arange(r, dtype=torch.int32, device=device))
 
 
 def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slots: Slots, o: torch.Tensor, empty):
     """o (written into ``o`` [tokens, HV, V]) and the final states [N, HV, K, V] of the packed call,
     segment-parallel over ``slots`` (plan_slots or run_planner). v: [tokens, HV, V]; h0:
     [N, HV, K, V] or None. The states, transitions and chain are in h0's dtype (fp32 without h0;
-    the kernels' state dtype), in buffers from ``empty(*shape, dt=dtype)`` (ops.output_allocator).
+    the kernels' state dtype), in buffers from ``empty(*shape, dt=dtype)`` (buffers.output_allocator).
 
     forward(v, h0, start, end, o, final, final_row) runs the packed forward over the token ranges
     [start_r, end_r) (int32 [R]) from h0[r] ([R, HV, K, V]; None: from zero, not read), writes o's
     rows of those ranges, and writes range r's end state to final[final_row[r]] where
     final_row[r] >= 0 (int32 [R]); an empty range ends in its start state.
-    chain(states, transition, exact, h0) is chain_reference or the cp_chain kernel (same arguments)."""
+    chain(states, transition, exact, initial_state) is chain_reference or the cp_chain kernel (same
+    arguments, by name)."""
     P, N = slots.start.shape
     HV, V = v.shape[1:]
     K = V if h0 is None else h0.shape[2]
@@ -190,7 +141,8 @@ def split_forward(forward, chain, v: torch.Tensor, h0: torch.Tensor | None, slot
     transition = empty(P * N, HV, K, K, dt=dtype)
     forward(kept_zeros(v.shape, v.dtype, device), kept_identity((P * N, HV, K, K), dtype, device),
             flat(slots.transition_start), flat(slots.start), scratch, transition, flat(slots.transition_row))
-    chain(states, transition, slots.exact, kept_zeros((N, HV, K, V), dtype, device) if h0 is None else h0)
+    chain(states=states, transition=transition, exact=slots.exact,
+          initial_state=kept_zeros((N, HV, K, V), dtype, device) if h0 is None else h0)
     final = empty(N, HV, K, V, dt=dtype)
     forward(v, states, flat(slots.start), flat(slots.end), o, final, flat(slots.final_row))
     return final

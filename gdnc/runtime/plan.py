@@ -1,27 +1,28 @@
-"""How one forward call is laid out on the GPU: the V block per CTA, and whether long sequences are
-split into segments that run in parallel (context parallelism, gdnc.cp).
+"""What one forward call runs: the kernels' configs and whether long sequences are split into
+segments that run in parallel (context parallelism, gdnc.runtime.cp), and the hand heuristic that
+lays a call out on the GPU (gdnc.runtime.policy chooses with it).
 
 The fused forward runs one CTA per (range of tokens, value head, value block), serial over the
 range's chunks, one CTA per SM. When the (sequence, head, block) CTAs cannot fill the GPU, every
 sequence is cut into slots of ``segment_len`` tokens that run side by side and are chained by
-gdnc.cp. The decision uses only what the host knows without reading the device (token count,
-number of sequences, heads, SMs), so a call can be captured in a CUDA graph. The default
-heuristic below is a starting point; SplitConfig exposes its knobs so the autotuner can choose per
-shape.
+gdnc.runtime.cp. The decision uses only what the host knows without reading the device (token
+count, number of sequences, heads, SMs), so a call can be captured in a CUDA graph.
+Measurements behind the heuristic's constants: benchmarks/NOTES.md.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 
-from gdnc.emit.config import FORWARD_WIDTHS
-
-MAX_WARMUP_CHUNKS = 32  # cp_plan keeps whether each window is usable as a bit of one 32-bit word
+from gdnc.emit.config import FORWARD_WIDTHS, MAX_WINDOW_CHUNKS, ForwardConfig, PrepareConfig
+from gdnc.ir.program import CHUNK_SIZE
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
-    """segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
+    """The knobs of the heuristic's split (HeuristicPolicy.split).
+
+    segment_len: tokens per segment (a multiple of the chunk); 0 = never split, None = heuristic.
     min_segment_chunks: shorter segments cost more in warm-ups, chaining and launches than they save.
     min_tokens: calls with fewer tokens are not split.
     max_sequences: calls with up to this many sequences are split as if one sequence held all the
@@ -31,9 +32,9 @@ class SplitConfig:
          lengths are not read), so the slots, mostly empty, grow with the square of the sequence count.
     min_batch_sequence_tokens: such a batch is split only if it has this many tokens per sequence
          (shorter ones lose more to the split's fixed cost and empty slots than they gain).
-    tau: log-space decay threshold of the gate-driven shortcut (gdnc.cp): a segment's start state is
-         warmed up over the fewest whole chunks before it whose decay is at most tau in every head,
-         used only where the transitions are provably non-expansive.
+    tau: log-space decay threshold of the gate-driven shortcut (gdnc.runtime.cp): a segment's start
+         state is warmed up over the fewest whole chunks before it whose decay is at most tau in
+         every head, used only where the transitions are provably non-expansive.
     max_warmup_chunks: the longest warm-up tried before the exact chain is used instead.
     wave_overhead_chunks: what one wave of segment CTAs (one CTA an SM) costs besides its chunks, in
          chunk steps: loading and storing states, filling the pipeline, the warm-up pass. The segment
@@ -49,18 +50,18 @@ class SplitConfig:
     max_warmup_chunks: int = 16
     wave_overhead_chunks: float = 3.0
 
-    def check(self, chunk: int = 64) -> None:
-        if self.segment_len is not None and (self.segment_len < 0 or self.segment_len % chunk):
+    def check(self) -> None:
+        if self.segment_len is not None and (self.segment_len < 0 or self.segment_len % CHUNK_SIZE):
             raise ValueError(f"SplitConfig.segment_len must be 0, None or a positive multiple of the chunk "
-                             f"({chunk}), got {self.segment_len}")
+                             f"({CHUNK_SIZE}), got {self.segment_len}")
         if self.min_segment_chunks < 1 or self.max_warmup_chunks < 1:
             raise ValueError(f"SplitConfig.min_segment_chunks and max_warmup_chunks must be >= 1, got "
                              f"{self.min_segment_chunks}, {self.max_warmup_chunks}")
         if self.min_tokens < 0 or self.min_batch_sequence_tokens < 0 or self.max_sequences < 1:
             raise ValueError(f"SplitConfig.min_tokens and min_batch_sequence_tokens must be >= 0 and max_sequences "
                              f">= 1, got {self.min_tokens}, {self.min_batch_sequence_tokens}, {self.max_sequences}")
-        if self.max_warmup_chunks > MAX_WARMUP_CHUNKS:
-            raise ValueError(f"SplitConfig.max_warmup_chunks must be at most {MAX_WARMUP_CHUNKS} (the planner "
+        if self.max_warmup_chunks > MAX_WINDOW_CHUNKS:
+            raise ValueError(f"SplitConfig.max_warmup_chunks must be at most {MAX_WINDOW_CHUNKS} (the planner "
                              f"kernel's window mask), got {self.max_warmup_chunks}")
         if not self.wave_overhead_chunks >= 0:
             raise ValueError(f"SplitConfig.wave_overhead_chunks must be >= 0, got {self.wave_overhead_chunks}")
@@ -69,58 +70,89 @@ class SplitConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ForwardPlan:
-    """block_v: V columns per CTA. segment_len: tokens per segment, 0 when not split.
-    slots: segment slots per sequence (ceil(tokens / segment_len): enough for the longest possible
-    sequence; slots past a sequence's end are empty ranges whose CTAs exit at once).
-    prepare_heads_per_cta: value heads one gdn_prepare CTA prepares (PrepareConfig.heads_per_cta)."""
+class Split:
+    """A call cut into segments: every sequence gets ``slots`` slots of ``segment_len`` tokens
+    (ceil(tokens / segment_len): enough for one sequence holding every token; slots past a
+    sequence's end are empty ranges whose CTAs exit at once), each started from a warm-up of at
+    most ``max_warmup_chunks`` chunks whose decay reaches ``tau``, or chained exactly."""
+
+    segment_len: int
+    slots: int
+    tau: float = SplitConfig.tau
+    max_warmup_chunks: int = SplitConfig.max_warmup_chunks
+
+    def __post_init__(self):
+        if self.segment_len < 1 or self.segment_len % CHUNK_SIZE or self.slots < 1:
+            raise ValueError(f"Split needs segment_len a positive multiple of {CHUNK_SIZE} and slots >= 1, got "
+                             f"{self.segment_len}, {self.slots}")
+        if not 1 <= self.max_warmup_chunks <= MAX_WINDOW_CHUNKS or not self.tau < 0:
+            raise ValueError(f"Split needs max_warmup_chunks in 1..{MAX_WINDOW_CHUNKS} and tau < 0, got "
+                             f"{self.max_warmup_chunks}, {self.tau}")
+
+    def window_limits(self) -> tuple[int, float]:
+        """(W, τ in log2): the most chunks a warm-up window may have, and the decay threshold in the
+        base of gdn_prepare's l2_gate. The planner kernel and its torch reference take both from here."""
+        return min(self.segment_len // CHUNK_SIZE, self.max_warmup_chunks), self.tau * math.log2(math.e)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The configs of one call's kernels, and its split (None: every sequence in one range)."""
+
+    forward: ForwardConfig
+    prepare: PrepareConfig
+    split: Split | None = None
+
+    def kernels(self) -> dict:
+        """{kernel name: config} of every kernel the call launches (config None: none to choose)."""
+        kernels = {"gdn_prepare": self.prepare, "gdn_forward": self.forward}
+        if self.split is not None:
+            kernels.update(cp_plan=None, cp_chain=None)
+        return kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """The heuristic's layout of a call: V columns a CTA, and the split (segment_len 0: none)."""
 
     block_v: int
     segment_len: int = 0
     slots: int = 1
-    prepare_heads_per_cta: int = 1
-
-    @property
-    def split(self) -> bool:
-        return self.segment_len > 0
 
 
-def plan_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim: int = 128, chunk: int = 64,
-                 config: SplitConfig = SplitConfig()) -> ForwardPlan:
-    """The plan of a call with ``tokens`` packed tokens in ``num_sequences`` sequences.
+def layout_forward(tokens: int, num_sequences: int, h_v: int, sm_count: int, v_dim: int = 128,
+                   widths: tuple[int, ...] | None = None, config: SplitConfig = SplitConfig()) -> Layout:
+    """The layout of a call with ``tokens`` packed tokens in ``num_sequences`` sequences, at one of
+    the V blocks ``widths`` (None: every forward block that divides ``v_dim``).
 
     The lengths of the sequences are not used (reading cu_seqlens would sync the host), so the
-    plan holds for any lengths: slots are sized for one sequence holding every token. Split at
+    layout holds for any lengths: slots are sized for one sequence holding every token. Split at
     the widest block, for calls of at least min_tokens tokens: with at most max_sequences
     sequences (one long sequence, or a long and a short one) into segment_count's segments; with
     more, of min_batch_sequence_tokens on average, when one wave holds two segments' CTAs of each,
     into as many as it holds; never shorter than min_segment_chunks. Unsplit: the narrowest block
     whose CTAs fit one wave (a CTA's chain is shorter the fewer columns it carries, and a second
-    wave costs a whole serial pass), else the widest (the least repeated C×C work). Measured on
-    the H200: benchmarks/results/2026-12-03-h200-wide-forward/sweep.log and
-    2026-12-04-h200-prepare-sharing/profile_sweep.log."""
-    config.check(chunk)
-    widths = sorted(w for w in FORWARD_WIDTHS if v_dim % w == 0)
-    if not widths:
-        raise ValueError(f"plan_forward: no forward V block {FORWARD_WIDTHS} divides v_dim={v_dim}")
+    wave costs a whole serial pass), else the widest (the least repeated C×C work)."""
+    config.check()
+    widths = sorted(forward_widths(v_dim) if widths is None else widths)
     wide = widths[-1]
     per_sequence = h_v * (v_dim // wide)
     if config.segment_len:
-        return ForwardPlan(wide, config.segment_len, math.ceil(tokens / config.segment_len))
+        return Layout(wide, config.segment_len, math.ceil(tokens / config.segment_len))
     if num_sequences <= config.max_sequences:
-        segments = segment_count(math.ceil(tokens / chunk), per_sequence, sm_count, config)
+        segments = segment_count(math.ceil(tokens / CHUNK_SIZE), per_sequence, sm_count, config)
     else:  # a balanced batch of long sequences: split only if each gets two segments or more
         each = sm_count // (num_sequences * per_sequence)
         long = tokens >= num_sequences * config.min_batch_sequence_tokens
         segments = each * num_sequences if each >= 2 and long else 0
     if config.segment_len is None and segments >= 2 and tokens >= config.min_tokens:
-        segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / chunk)) * chunk
+        segment_len = max(config.min_segment_chunks, math.ceil(tokens / segments / CHUNK_SIZE)) * CHUNK_SIZE
         if segment_len < tokens:
-            return ForwardPlan(wide, segment_len, math.ceil(tokens / segment_len))
+            return Layout(wide, segment_len, math.ceil(tokens / segment_len))
     for width in widths:
         if num_sequences * h_v * (v_dim // width) <= sm_count:
-            return ForwardPlan(width)
-    return ForwardPlan(wide)
+            return Layout(width)
+    return Layout(wide)
 
 
 def segment_count(chunks: int, per_segment: int, sm_count: int, config: SplitConfig) -> int:
@@ -135,13 +167,18 @@ def segment_count(chunks: int, per_segment: int, sm_count: int, config: SplitCon
     return min(range(1, most + 1), key=lambda n: (cost(n), n))
 
 
-def prepare_heads_per_cta(tokens: int, num_sequences: int, h_qk: int, group: int, resident_ctas: int,
-                          chunk: int = 64) -> int:
+def prepare_heads_per_cta(tokens: int, num_sequences: int, h_qk: int, group: int, resident_ctas: int) -> int:
     """gdn_prepare's value heads a CTA: all ``group`` value heads of a k head, which then share one
     load of k and one K Kᵀ, where its CTAs (one per chunk slot and k head) still fill the GPU
     ``resident_ctas`` at a time; else one (h_v CTAs a slot, so more run side by side, each
-    shorter). On the H200, 2/8 1×2048 prepares in 6.8 µs one head a CTA and 13.5 µs four; 16/48
-    4096+28672 in 365 and 325 µs
-    (benchmarks/results/2026-12-04-h200-prepare-sharing/profile_prepare_configs.log)."""
-    slots = tokens // chunk + num_sequences
+    shorter: the shared CTAs lose where a call is short)."""
+    slots = tokens // CHUNK_SIZE + num_sequences
     return group if slots * h_qk >= resident_ctas else 1
+
+
+def forward_widths(v_dim: int) -> tuple[int, ...]:
+    """The forward's V blocks that divide ``v_dim``; ValueError where none does."""
+    widths = tuple(w for w in FORWARD_WIDTHS if v_dim % w == 0)
+    if not widths:
+        raise ValueError(f"no forward V block {FORWARD_WIDTHS} divides V={v_dim}")
+    return widths

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from gdnc.ir.evaluate import evaluate
+from gdnc.reference.evaluate import evaluate
 from gdnc.ir.recurrence import Recurrence
 from gdnc.reference.problem import Problem, matrix_leaves, prepare, run, start_state, unfold_heads
 
