@@ -13,7 +13,6 @@ from gdnc.check import op_jobs
 from gdnc.emit.cache import lower_job, run_jobs
 from gdnc.emit.config import Heads
 from gdnc.emit.registry import spec
-from gdnc.ir.library import get_variant
 
 HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 
@@ -24,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--compare", default=None, help="an earlier --out: report every key that differs")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
-    jobs = [job for hq, hv in HEADS for job in op_jobs(get_variant("gdn"), Heads(hq, hv))]
+    jobs = [job for hq, hv in HEADS for job in op_jobs("gdn", Heads(hq, hv))]
     digests = {}
     for job, cuda in zip(jobs, run_jobs(lower_job, jobs, args.workers)):
         key = f"{job.heads.h_qk}/{job.heads.h_v}/{job.kernel}/{spec(job.kernel).label(job.config)}"

@@ -13,7 +13,6 @@ import sys
 from gdnc.check import op_jobs
 from gdnc.emit.cache import build_many
 from gdnc.emit.config import FORWARD_WIDTHS, Heads
-from gdnc.ir.library import get_variant
 from gdnc.runtime.plan import SplitConfig
 from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
@@ -40,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     heads = sorted({(h, hv) for h, hv, _ in SHAPES})
-    build_many([job for hq, hv in heads for job in op_jobs(get_variant("gdn"), Heads(hq, hv))], args.workers)
+    build_many([job for hq, hv in heads for job in op_jobs("gdn", Heads(hq, hv))], args.workers)
     if args.compile_only:
         return 0
 

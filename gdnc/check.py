@@ -46,9 +46,10 @@ def check_references(rec: Recurrence, *, T: int = 1000, chunk_size: int = 64, se
     return CheckResult(rec.name, classify(rec).axes(), errors, time.perf_counter() - start)
 
 
-def op_jobs(rec: Recurrence, heads, policy=None) -> list:
+def op_jobs(rec, heads, policy=None) -> list:
     """A build job (gdnc.emit.cache.Job) for every kernel the op's policy may run for ``heads``
-    (every candidate config). Raises UnsupportedRecurrence where ``rec`` has no template."""
+    (every candidate config); rec: a Recurrence, or a built-in one's name. Raises
+    UnsupportedRecurrence where it has no template."""
     from gdnc.emit.cache import render_job
     from gdnc.runtime.policy import DEFAULT_POLICY
 

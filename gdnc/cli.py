@@ -96,11 +96,10 @@ def _cmd_build(args) -> int:
 
     from gdnc.check import job_label, op_jobs
     from gdnc.emit.cache import build_many, cache_root
-    from gdnc.ir.library import get_variant
 
     start = time.perf_counter()
     # every forward and prepare config the op may pick (gdnc.runtime.policy), so a call never compiles on the GPU
-    jobs = [job for heads in args.heads for job in op_jobs(get_variant("gdn"), heads)]
+    jobs = [job for heads in args.heads for job in op_jobs("gdn", heads)]
     print(f"gdnc build: {len(jobs)} kernels for {len(args.heads)} head configuration(s), {args.workers} workers, "
           f"cache {cache_root()}", flush=True)
 

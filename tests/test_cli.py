@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -98,6 +99,33 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
     assert main(["build", "2/8", "--workers", "2"]) == 0
     assert f"gdnc build: 0 compiled, {count} already in the cache" in capsys.readouterr().out
     assert time.perf_counter() - start < 10  # found in the manifest: nothing lowered or compiled
+    # a fresh process finds the kernels of a short and a split call's plans without the compiler
+    warm = subprocess.run([sys.executable, "-c", WARM_PROCESS], capture_output=True, text=True,
+                          env={**os.environ, "GDNC_CACHE_DIR": str(tmp_path)})
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.split() == ["gdn_prepare", "gdn_forward", "gdn_prepare", "gdn_forward", "cp_plan", "cp_chain",
+                                   "imported:", "[]"]
+
+
+WARM_PROCESS = """
+import sys
+import torch
+from gdnc.emit.cache import library_signature
+from gdnc.emit.config import Heads
+from gdnc.reference.problem import check_arguments
+from gdnc.runtime.kernels import loaded
+from gdnc.runtime.policy import DEFAULT_POLICY, Call
+
+heads = Heads(2, 8)
+q = torch.randn(1, 64, 2, 128); v = torch.randn(1, 64, 8, 128)
+check_arguments(library_signature("gdn"), q, q, v, scale=None, initial_state=None, cu_seqlens=None,
+                inputs={"g": -torch.rand(1, 64, 8), "beta": torch.rand(1, 64, 8)})
+for tokens in (1024, 32768):
+    for name, config in DEFAULT_POLICY.plan(Call(heads, tokens, 1, 132)).kernels().items():
+        loaded("gdn", name, heads, config)
+        print(name)
+print("imported:", [m for m in ("sympy", "jinja2", "optuna") if m in sys.modules])
+"""
 
 
 def test_bench_needs_a_gpu():

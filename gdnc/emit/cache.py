@@ -130,11 +130,14 @@ def record(ir_hash: str, kernel: str, heads: Heads, config, source: Path) -> Non
     _write_atomically(entry_path(ir_hash, kernel, heads, config), json.dumps(entry, indent=1))
 
 
-@functools.lru_cache(maxsize=None)
 def library_signature(name: str) -> Signature:
     """A built-in recurrence's signature (with its IR hash), from the cache; derived from the IR
-    (which loads sympy) once per compiler digest."""
-    path = cache_root() / "manifest" / compiler_digest() / "recurrences" / f"{name}.json"
+    (which loads sympy) and entered once per cache and compiler digest."""
+    return _library_signature(name, cache_root() / "manifest" / compiler_digest() / "recurrences" / f"{name}.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _library_signature(name: str, path: Path) -> Signature:
     if path.exists():
         return Signature.from_dict(json.loads(path.read_text()))
     from gdnc.ir.library import get_variant
@@ -180,9 +183,12 @@ class Job:
 
 
 def render_job(recurrence, kernel: str, heads: Heads, config) -> Job:
-    """Render a kernel (recurrence: a Recurrence, or a built-in one's name) into a build job."""
+    """Render a kernel (recurrence: a Recurrence, or a built-in one's name, whose signature is then
+    entered too: a process that finds the kernel finds it) into a build job."""
     from gdnc.emit.render import render
 
+    if isinstance(recurrence, str):
+        library_signature(recurrence)
     rec = _recurrence(recurrence)
     return Job(rec.ir_hash, kernel, heads, config, render(rec, kernel, heads, config))
 

@@ -78,8 +78,8 @@ class Shapes:
 
 def check_arguments(signature: Signature, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict) -> Shapes:
     """Check every argument against the recurrence's ``signature`` (Recurrence.signature) and FLA's
-    layouts; raise naming the argument. Log-space gates must be <= 0: on CUDA tensors that is read
-    back (a device sync) except during CUDA-graph capture, like cu_seqlens."""
+    layouts; raise naming the argument. The offsets and the log-space gates' largest values are read
+    back to be checked (one device sync for CUDA tensors, none during CUDA-graph capture)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         _check_float_tensor(name, x)
     if q.dim() != 4:
@@ -115,11 +115,8 @@ def check_arguments(signature: Signature, q, k, v, *, scale, initial_state, cu_s
     for name, x in (("k", k), ("v", v), *inputs.items()):
         if x.device != device:
             raise ValueError(f"{name} is on {x.device}, but q is on {device}; all tensors must share a device")
-    for spec in signature.inputs:
-        if spec.log_gate:
-            _check_log_gate(signature.name, spec.name, inputs[spec.name])
-
-    seqlens = _check_cu_seqlens(cu_seqlens, B, T, device)
+    _check_cu_seqlens(cu_seqlens, B, device)
+    seqlens = _read_back(signature, inputs, cu_seqlens, T, device)
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
     if initial_state is not None:
         _check_float_tensor("initial_state", initial_state)
@@ -136,15 +133,29 @@ def check_arguments(signature: Signature, q, k, v, *, scale, initial_state, cu_s
     return Shapes(B, T, H, K, HV, V, seqlens, float(scale), N)
 
 
-def _check_log_gate(recurrence: str, name: str, x: torch.Tensor) -> None:
-    """A log-space gate must be <= 0 (NaN is the caller's to avoid); not read during capture."""
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        return
-    largest = float(x.detach().max())
-    if largest > 0:
-        raise ValueError(f"{name} must be <= 0: {recurrence} reads it as a log-space gate exp({name}), and a gate "
-                         f"above 1 grows the state; got a maximum of {largest:.4g} (a gate in linear space? pass "
-                         f"its log, e.g. F.logsigmoid(x))")
+def _read_back(signature: Signature, inputs: dict, cu_seqlens, T: int, device) -> list[int] | None:
+    """Check what only the data can tell: cu_seqlens rises strictly from 0 to T, and every log-space
+    gate is <= 0. On CUDA tensors both are read in one transfer (one device sync), and not at all
+    during CUDA-graph capture, which forbids a sync: then nothing is checked and the offsets are
+    not known (None). Returns cu_seqlens as a host list, or None."""
+    gates = [spec.name for spec in signature.inputs if spec.log_gate]
+    if (cu_seqlens is None and not gates) or (device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        return None
+    parts = [inputs[name].detach().amax().reshape(1).double() for name in gates]
+    if cu_seqlens is not None:
+        parts.append(cu_seqlens.double())  # exact: offsets stay far below 2^53
+    values = torch.cat(parts).tolist()
+    for name, largest in zip(gates, values):
+        if largest > 0:
+            raise ValueError(f"{name} must be <= 0: {signature.name} reads it as a log-space gate exp({name}), and a "
+                             f"gate above 1 grows the state; got a maximum of {largest:.4g} (a gate in linear space? "
+                             "pass its log, e.g. F.logsigmoid(x))")
+    if cu_seqlens is None:
+        return None
+    offsets = [int(x) for x in values[len(gates):]]
+    if offsets[0] != 0 or offsets[-1] != T or any(b <= a for a, b in zip(offsets, offsets[1:])):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to T={T} (no empty sequences), got {offsets}")
+    return offsets
 
 
 def prepare(rec: Recurrence, q, k, v, *, scale, initial_state, cu_seqlens, inputs: dict,
@@ -176,10 +187,10 @@ def _check_float_tensor(name, x):
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
-def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
-    """The offsets as a host list (None without cu_seqlens, or while a CUDA graph is captured)."""
+def _check_cu_seqlens(cu_seqlens, B, device) -> None:
+    """cu_seqlens' type, shape and device (its values: _read_back)."""
     if cu_seqlens is None:
-        return None
+        return
     if not isinstance(cu_seqlens, torch.Tensor):
         raise TypeError(f"cu_seqlens must be a 1-D integer torch.Tensor, got {type(cu_seqlens).__name__}")
     if cu_seqlens.dtype not in (torch.int32, torch.int64) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
@@ -189,13 +200,6 @@ def _check_cu_seqlens(cu_seqlens, B, T, device) -> list[int] | None:
         raise ValueError(f"cu_seqlens packs sequences along T and needs B = 1, got B = {B}")
     if cu_seqlens.device != device:
         raise ValueError(f"cu_seqlens is on {cu_seqlens.device}, but q is on {device}")
-    if cu_seqlens.is_cuda and torch.cuda.is_current_stream_capturing():
-        # reading the offsets would sync the host, which capture forbids: they are not checked
-        return None
-    offsets = cu_seqlens.tolist()
-    if offsets[0] != 0 or offsets[-1] != T or any(b <= a for a, b in zip(offsets, offsets[1:])):
-        raise ValueError(f"cu_seqlens must rise strictly from 0 to T={T} (no empty sequences), got {offsets}")
-    return offsets
 
 
 def fold_heads(x: torch.Tensor) -> torch.Tensor:
