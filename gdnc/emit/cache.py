@@ -130,14 +130,11 @@ def record(ir_hash: str, kernel: str, heads: Heads, config, source: Path) -> Non
     _write_atomically(entry_path(ir_hash, kernel, heads, config), json.dumps(entry, indent=1))
 
 
-def library_signature(name: str) -> Signature:
-    """A built-in recurrence's signature (with its IR hash), from the cache; derived from the IR
-    (which loads sympy) and entered once per cache and compiler digest."""
-    return _library_signature(name, cache_root() / "manifest" / compiler_digest() / "recurrences" / f"{name}.json")
-
-
 @functools.lru_cache(maxsize=None)
-def _library_signature(name: str, path: Path) -> Signature:
+def library_signature(name: str) -> Signature:
+    """A built-in recurrence's signature (with its IR hash), from the cache, or derived from the IR
+    (which loads sympy) and entered; once per process (the op asks on every call)."""
+    path = _signature_path(name)
     if path.exists():
         return Signature.from_dict(json.loads(path.read_text()))
     from gdnc.ir.library import get_variant
@@ -145,6 +142,18 @@ def _library_signature(name: str, path: Path) -> Signature:
     signature = get_variant(name).signature
     _write_atomically(path, json.dumps(signature.as_dict(), indent=1))
     return signature
+
+
+def _signature_path(name: str) -> Path:
+    return cache_root() / "manifest" / compiler_digest() / "recurrences" / f"{name}.json"
+
+
+def enter_signature(name: str) -> None:
+    """Enter a built-in recurrence's signature in this cache (with its kernels: a process that finds
+    them finds it, and checks its calls without the IR)."""
+    path = _signature_path(name)
+    if not path.exists():
+        _write_atomically(path, json.dumps(library_signature(name).as_dict(), indent=1))
 
 
 class Kernel:
@@ -188,7 +197,7 @@ def render_job(recurrence, kernel: str, heads: Heads, config) -> Job:
     from gdnc.emit.render import render
 
     if isinstance(recurrence, str):
-        library_signature(recurrence)
+        enter_signature(recurrence)
     rec = _recurrence(recurrence)
     return Job(rec.ir_hash, kernel, heads, config, render(rec, kernel, heads, config))
 
