@@ -15,8 +15,9 @@ unlike in the benchmark, which rotates input sets.
 """
 import argparse
 import dataclasses
-import json
 import sys
+
+from script_io import parse_shape, write_out
 
 
 def gdnc_call(inputs, forward: dict, prepare: dict, segment_len, block_v):
@@ -98,9 +99,8 @@ def main(argv=None):
 
     runs = []
     for text in args.shape:
-        heads, lengths = text.split(":")
-        hq, hv = map(int, heads.split("/"))
-        shape = Shape(hq, hv, tuple(map(int, lengths.split("+"))))
+        hq, hv, lengths = parse_shape(text)
+        shape = Shape(hq, hv, lengths)
         inputs = make_inputs(shape, torch.Generator("cuda").manual_seed(0))
         prepares = {text: prepare_options(text, hv // hq) for text in args.prepare}
         gdnc_runs = [("gdnc", name, n) for name in prepares for n in args.segment_len if "gdnc" in args.provider]
@@ -121,9 +121,7 @@ def main(argv=None):
                 print(f"  {r['device_us']:9.1f} µs  x{r['calls']:<3d} {r['kernel'][:110]}")
             runs.append({"provider": provider, "shape": text, "plan": plan, "timing": timing.as_dict(), "total_us": total,
                          "prepare": None if prepare is None else prepares[prepare], "kernels": rows})
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "forward": args.forward, "runs": runs}, f, indent=1)
+    write_out(args.out, {"device": torch.cuda.get_device_name(), "forward": args.forward, "runs": runs})
     return 0
 
 

@@ -7,8 +7,9 @@ lengths at the two widest.
 """
 import argparse
 import dataclasses
-import json
 import sys
+
+from script_io import write_out
 
 from gdnc.check import op_jobs
 from gdnc.emit.cache import build_many
@@ -75,9 +76,7 @@ def main(argv=None):
             print(f"{label:22s} bv={plan.forward.block_v} segment={segment:5d}{' (default)' if plan == default else ''}: "
                   f"{timing.ms:.3f} ms [{timing.method}] (vs default o {rows[-1]['o_vs_default']:.1e}, "
                   f"state {rows[-1]['state_vs_default']:.1e})", flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1, default=str)
+    write_out(args.out, {"device": torch.cuda.get_device_name(), "rows": rows})
     return 0
 
 

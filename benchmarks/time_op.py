@@ -6,10 +6,11 @@ included).
     python benchmarks/time_op.py [--shape 2/8:2048 ...] [--eager-calls 200] [--out F]
 """
 import argparse
-import json
 import statistics
 import sys
 import time
+
+from script_io import parse_shape, write_out
 
 SHAPES = ["2/8:2048", "2/8:32768", "16/32:4096", "16/32:8192+8192+8192+8192", "16/48:4096+28672",
           "16/64:1024+1024+1024+1024+1024+1024+1024+1024"]
@@ -46,9 +47,7 @@ def main(argv=None):
 
     rows = []
     for text in args.shape:
-        heads, lengths = text.split(":")
-        hq, hv = map(int, heads.split("/"))
-        inputs = make_inputs(Shape(hq, hv, tuple(map(int, lengths.split("+")))), torch.Generator("cuda").manual_seed(0))
+        inputs = make_inputs(Shape(*parse_shape(text)), torch.Generator("cuda").manual_seed(0))
         call = lambda: gdnc.chunk_gated_delta_rule(**inputs)  # noqa: E731
         call()  # loads (or builds) the kernels
         graph = time_calls([call])
@@ -56,9 +55,7 @@ def main(argv=None):
         rows.append({"shape": text, "graph_ms": graph.ms, "graph": graph.as_dict(), "eager_us": eager})
         print(f"{text:28s} graph {graph.ms:.4f} ms ({graph.method}, spread {graph.spread:.1%}), eager {eager:.1f} µs a call",
               flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "gdnc": gdnc.__file__, "rows": rows}, f, indent=1)
+    write_out(args.out, {"device": torch.cuda.get_device_name(), "gdnc": gdnc.__file__, "rows": rows})
     return 0
 
 

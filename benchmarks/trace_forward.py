@@ -7,8 +7,9 @@ point is passed relative to the state role's "stage full" of the same chunk.
     python benchmarks/trace_forward.py [--out trace.json]   # on a Hopper GPU
 """
 import argparse
-import json
 import sys
+
+from script_io import write_out
 
 from gdnc.emit.cache import build_many, render_job
 from gdnc.emit.config import DEFAULT_REGISTERS, ForwardConfig, Heads, PrepareConfig
@@ -110,9 +111,7 @@ def main(argv=None):
             print(" " * 22 + "at (from the state's stage full): "
                   + ", ".join(f"{p} {c:+.0f}" for p, c in zip(points, offsets)), flush=True)
         report["shapes"].append(shape)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    write_out(args.out, report)
     return 0
 
 

@@ -13,6 +13,8 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 
+from script_io import write_out  # noqa: E402
+
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
@@ -44,9 +46,7 @@ def main(argv=None):
     report = {"gdnc": gdnc.__file__, "heads": args.heads, "lengths": args.lengths, "steps_s": steps,
               "first_call_s": first_call, "imported": imported, "modules": len(sys.modules)}
     print(json.dumps(report))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    write_out(args.out, report)
     return 0
 
 

@@ -161,7 +161,7 @@ def test_templates_go_by_the_math_not_the_name():
 
 @pytest.mark.parametrize("block_v,pair_gates,m_role", [(32, "output", "output"), (32, "loader", "output"),
                                                         (128, "output", "prepare")])
-def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role):
+def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role, monkeypatch):
     config = ForwardConfig(block_v=block_v, pair_gates=pair_gates, m_role=m_role)
     plain = render(GDN, "gdn_forward", Heads(2, 8), config)
     traced = render(GDN, "gdn_forward", Heads(2, 8), dataclasses.replace(config, trace=True))
@@ -170,6 +170,7 @@ def test_trace_points_only_in_the_trace_build(block_v, pair_gates, m_role):
     sites = re.findall(r"mark\(trace, tx, first_cta, (STATE|PREPARE|OUTPUT|LOADER), c, (\d), \d+\)", traced)
     assert len(sites) == len(set(sites))  # each point once
     # the points are numbered 0.. per role and named, one name each, by the script that reads them
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the script's own imports, as when it runs
     spec = importlib.util.spec_from_file_location("trace_forward", ROOT / "benchmarks" / "trace_forward.py")
     trace_forward = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(trace_forward)
