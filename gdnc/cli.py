@@ -14,6 +14,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _heads(text: str):
     from gdnc.emit.config import Heads
 
@@ -130,38 +140,38 @@ def _parser() -> argparse.ArgumentParser:
                                          "(float64, fresh random inputs, outputs and all gradients), then "
                                          "generate and build the kernels (and run them on a Hopper GPU)")
     check.add_argument("variants", nargs="*", help="variants to check (default: gdn)")
-    check.add_argument("--T", type=int, default=1000, help="tokens per sequence (default 1000)")
-    check.add_argument("--chunk-size", type=int, default=64)
+    check.add_argument("--T", type=_positive, default=1000, help="tokens per sequence (default 1000)")
+    check.add_argument("--chunk-size", type=_positive, default=64)
     check.add_argument("--seed", type=int, default=None, help="default: fresh inputs every run")
     check.add_argument("--heads", type=_heads, default="16/32",
                        help="h_qk/h_v of the kernels to generate (default 16/32)")
-    check.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    check.add_argument("--workers", type=_positive, default=os.cpu_count() or 1,
                        help="processes building the kernels (default: one a CPU)")
     check.add_argument("--no-kernels", action="store_true", help="check the references only")
     check.set_defaults(func=_cmd_check)
     exp = sub.add_parser("explain", help="the chunk programs after each rewrite pass, with their costs")
     exp.add_argument("variant")
-    exp.add_argument("--chunk-size", type=int, default=64)
-    exp.add_argument("--K", type=int, default=128)
-    exp.add_argument("--V", type=int, default=128)
+    exp.add_argument("--chunk-size", type=_positive, default=64)
+    exp.add_argument("--K", type=_positive, default=128)
+    exp.add_argument("--V", type=_positive, default=128)
     exp.add_argument("--json", action="store_true", help="machine-readable report")
     exp.add_argument("--costs-only", action="store_true", help="the cost table without the programs")
     exp.set_defaults(func=_cmd_explain)
     emit = sub.add_parser("emit", help="write a recurrence's TileLang kernels (rendered sources) for one head "
                                        "configuration, with the op's default configs")
     emit.add_argument("variant")
-    emit.add_argument("--hq", type=int, required=True, help="q/k heads")
-    emit.add_argument("--hv", type=int, required=True, help="value heads (a multiple of --hq)")
-    emit.add_argument("--k", type=int, default=128, help="key head dim (default 128; the forward takes 128 only)")
-    emit.add_argument("--v", type=int, default=128, help="value head dim (default 128)")
+    emit.add_argument("--hq", type=_positive, required=True, help="q/k heads")
+    emit.add_argument("--hv", type=_positive, required=True, help="value heads (a multiple of --hq)")
+    emit.add_argument("--k", type=_positive, default=128, help="key head dim (default 128; the forward takes 128 only)")
+    emit.add_argument("--v", type=_positive, default=128, help="value head dim (default 128)")
     emit.add_argument("--dtype", default="bfloat16", help="bfloat16 (default) or float16")
-    emit.add_argument("--block-v", type=int, nargs="+", default=None,
+    emit.add_argument("--block-v", type=_positive, nargs="+", default=None,
                       help="forward V blocks to write (default: every one the op may pick)")
     emit.add_argument("--out", required=True, help="folder for the .py files")
     emit.set_defaults(func=_cmd_emit)
     build = sub.add_parser("build", help="compile the gdn kernels for head configurations ahead of time")
     build.add_argument("heads", nargs="+", type=_heads, help="h_qk/h_v pairs, e.g. 16/32 2/8")
-    build.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    build.add_argument("--workers", type=_positive, default=os.cpu_count() or 1)
     build.set_defaults(func=_cmd_build)
     sub.add_parser("bench", help="gdnc beside FlashQLA and FLA on the forward shapes (GPU); "
                                  "`gdnc bench --help` for its options", add_help=False)

@@ -33,6 +33,8 @@ def test_show_unknown_variant(capsys):
     (["build", "16x32"], "gdnc build: argument heads: expected heads as h_qk/h_v, e.g. 16/32, got '16x32'"),
     (["check", "--heads", "16"], "gdnc check: argument --heads: expected heads as h_qk/h_v, e.g. 16/32, got '16'"),
     (["nope"], "gdnc: argument command: invalid choice: 'nope'"),
+    (["check", "--T", "-5"], "gdnc check: argument --T: expected a positive whole number, got '-5'"),
+    (["explain", "gdn", "--chunk-size", "0"], "gdnc explain: argument --chunk-size: expected a positive whole number"),
 ])
 def test_usage_errors_are_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit:
