@@ -101,15 +101,17 @@ def report(source: str, kernel: str, ir_hash: str) -> build.NvccReport:
     return result
 
 
-def _config_fields(config) -> dict | None:
-    return None if config is None else dataclasses.asdict(config)
+def _key(ir_hash: str, kernel: str, heads: Heads, config) -> dict:
+    """What a built kernel is keyed on (under the versions' folder and the compiler digest)."""
+    return {"kernel": kernel, "ir_hash": ir_hash, "heads": dataclasses.asdict(heads),
+            "config": None if config is None else dataclasses.asdict(config), "target": build.TARGET,
+            "pass_configs": build.PASS_CONFIGS}
 
 
 def entry_path(ir_hash: str, kernel: str, heads: Heads, config) -> Path:
     """Where the manifest entry of this kernel is (whether or not it exists)."""
-    key = json.dumps([ir_hash, kernel, dataclasses.asdict(heads), _config_fields(config), build.TARGET,
-                      build.PASS_CONFIGS], sort_keys=True)
-    return (cache_root() / "manifest" / compiler_digest() / "kernels" / ir_hash / f"{kernel}-{_digest(key)}.json")
+    key = _digest(json.dumps(_key(ir_hash, kernel, heads, config), sort_keys=True))
+    return cache_root() / "manifest" / compiler_digest() / "kernels" / ir_hash / f"{kernel}-{key}.json"
 
 
 def find(ir_hash: str, kernel: str, heads: Heads, config) -> Path | None:
@@ -123,25 +125,22 @@ def find(ir_hash: str, kernel: str, heads: Heads, config) -> Path | None:
 
 def record(ir_hash: str, kernel: str, heads: Heads, config, source: Path) -> None:
     """Enter a compiled kernel in the manifest (after TileLang has it in its cache)."""
-    entry = {"kernel": kernel, "ir_hash": ir_hash, "heads": dataclasses.asdict(heads),
-             "config": _config_fields(config), "target": build.TARGET, "pass_configs": build.PASS_CONFIGS,
-             "versions": build.versions(), "compiler": compiler_digest(),
+    entry = {**_key(ir_hash, kernel, heads, config), "versions": build.versions(), "compiler": compiler_digest(),
              "source": str(source.relative_to(cache_root()))}
     _write_atomically(entry_path(ir_hash, kernel, heads, config), json.dumps(entry, indent=1))
 
 
 @functools.lru_cache(maxsize=None)
 def library_signature(name: str) -> Signature:
-    """A built-in recurrence's signature (with its IR hash), from the cache, or derived from the IR
-    (which loads sympy) and entered; once per process (the op asks on every call)."""
+    """A built-in recurrence's signature (with its IR hash): from the cache, where a build entered it
+    (enter_signature), else derived from the IR (which loads sympy); once per process (the op asks
+    on every call)."""
     path = _signature_path(name)
     if path.exists():
         return Signature.from_dict(json.loads(path.read_text()))
     from gdnc.ir.library import get_variant
 
-    signature = get_variant(name).signature
-    _write_atomically(path, json.dumps(signature.as_dict(), indent=1))
-    return signature
+    return get_variant(name).signature
 
 
 def _signature_path(name: str) -> Path:
