@@ -4,7 +4,7 @@ import shutil
 import pytest
 import torch
 
-from gdnc.emit.config import FORWARD_WIDTHS, ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import FORWARD_WIDTHS, BackwardConfig, ForwardConfig, Heads, PrepareConfig
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 
@@ -52,6 +52,8 @@ def nvcc_cases() -> list[tuple[str, Heads, object]]:
               ("gdn_prepare", mixed, PrepareConfig(order="head")),
               ("gdn_prepare", mixed, PrepareConfig(heads_per_cta=3, order="head"))]
     cases += [(kernel, Heads(*h), None) for h in ((2, 8), (16, 48), (16, 64)) for kernel in ("cp_plan", "cp_chain")]
+    cases += [("gdn_backward", Heads(*h), BackwardConfig()) for h in ((16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64))]
+    cases += [("gdn_forward", two_eight, ForwardConfig(block_v=64, store_states=True))]
     return list(dict.fromkeys(cases))
 
 

@@ -135,6 +135,8 @@ class ForwardConfig:
                "loader" (loader warps 2 and 3, a chunk ahead, into a 36 KB shared ring of their own,
                with the stage released as soon as each role has read it). "loader" measured slower
                (benchmarks/NOTES.md), so not the default
+    store_states: the backward's states pass: the state role also stores every chunk's start state Ŝ
+               (bf16) to states [S, HV, K, V] at row state_slot[range] + chunk
     """
 
     block_v: int = 64
@@ -142,6 +144,7 @@ class ForwardConfig:
     trace: bool = False
     pair_gates: str = "output"
     m_role: str | None = None
+    store_states: bool = False
 
     def __post_init__(self):
         # unknown widths and roles stay None, which check() refuses
@@ -176,6 +179,24 @@ class ForwardConfig:
             raise ValueError(f"the forward kernel is written for K = 128, got K={heads.k_dim}")
         if self.pair_gates not in ("output", "loader"):
             raise ValueError(f"ForwardConfig.pair_gates must be 'output' or 'loader', got {self.pair_gates!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackwardConfig:
+    """The backward over chunks in reverse: one CTA per (value head, sequence), the fp32 state
+    gradient dS [K, V] in the registers of all its threads, every GEMM on all of them.
+
+    threads: CUDA threads per CTA (two warpgroups: dS takes 64 fp32 registers a thread)
+    """
+
+    threads: int = 2 * 128
+
+    def check(self, heads: Heads) -> None:
+        if self.threads != 256:
+            raise ValueError(f"BackwardConfig.threads must be 256 (two warpgroups hold dS), got {self.threads}")
+        if (heads.k_dim, heads.v_dim) != (128, 128):
+            raise ValueError(f"the backward kernel is written for K = V = 128 (dS and Ŝ whole in one CTA), "
+                             f"got K={heads.k_dim}, V={heads.v_dim}")
 
 
 # cp_plan keeps whether each warm-up window is usable as one bit of a 32-bit word

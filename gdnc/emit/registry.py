@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Callable
 
 from gdnc.emit import shapes
-from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
 
 # fixed dimensions of a kernel's tensors, resolved from its Heads (and the chunk size); every other
 # name is a dynamic size of the TileLang signature (T.dynamic), bound by the call
@@ -53,6 +53,7 @@ class KernelSpec:
     heads_check:   for a kernel without a config, what it refuses of the head shapes
     label_field, label_prefix: the config field that tells the op's variants apart, for file names
                    ("bv64")
+    label_flags:   boolean config fields named in the label where true ("bv64-store_states")
     """
 
     name: str
@@ -66,6 +67,7 @@ class KernelSpec:
     heads_check: Callable[[Heads], None] | None = None
     label_field: str | None = None
     label_prefix: str = ""
+    label_flags: tuple[str, ...] = ()
 
     def params_for(self, config) -> tuple[Param, ...]:
         """The arguments the build of ``config`` takes, in the kernel's order."""
@@ -73,7 +75,10 @@ class KernelSpec:
 
     def label(self, config) -> str | None:
         """A short name of ``config`` among the variants the op may run ("bv64", "heads4"), or None."""
-        return None if self.label_field is None else f"{self.label_prefix}{getattr(config, self.label_field)}"
+        if self.label_field is None:
+            return None
+        flags = "".join(f"-{flag}" for flag in self.label_flags if getattr(config, flag))
+        return f"{self.label_prefix}{getattr(config, self.label_field)}{flags}"
 
     def bind(self, names: tuple[str, ...], args: dict) -> list:
         """``args`` by name in the order ``names`` (params_for's), refusing a missing or unknown one."""
@@ -120,8 +125,27 @@ KERNELS: dict[str, KernelSpec] = {spec.name: spec for spec in (
          _tensor("initial_state", F32, "NI", "HV", "K", "V"), Param("scale", "scalar", F32),
          _tensor("o", "operand", "T", "HV", "V", kind="out"), _tensor("final_row", I32, "N"),
          _tensor("final_state", F32, "NF", "HV", "K", "V", kind="out"),
+         _tensor("states", "operand", "S", "HV", "K", "V", kind="out", only_if="store_states"),
+         _tensor("state_slot", I32, "N", only_if="store_states"),
          _tensor("trace", "int64", 4, "TC", 8, kind="out", only_if="trace")),
-        shapes.gdn_form, shapes.gdn_forward_program, label_field="block_v", label_prefix="bv"),
+        shapes.gdn_form, shapes.gdn_forward_program, label_field="block_v", label_prefix="bv",
+        label_flags=("store_states",)),
+    KernelSpec(
+        "gdn_backward", "the backward over chunks in reverse with the state gradient in registers: dq, dk per "
+        "value head, dv, dβ, dg and dh0",
+        "gdn_backward.py.jinja", BackwardConfig, "backward",
+        (_tensor("q", "operand", "T", "H", "K"), _tensor("k", "operand", "T", "H", "K"),
+         _tensor("v", "operand", "T", "HV", "V"), _tensor("l2_gate", F32, "T", "HV"), _tensor("beta", F32, "T", "HV"),
+         _tensor("a_free", "operand", "T", "HV", "C"), _tensor("states", "operand", "S", "HV", "K", "V"),
+         _tensor("state_slot", I32, "N1"), _tensor("cu_seqlens", I32, "N1"),
+         _tensor("do", "operand", "T", "HV", "V"), Param("has_h0", "scalar", I32),
+         _tensor("initial_state", F32, "NH", "HV", "K", "V"), Param("has_dht", "scalar", I32),
+         _tensor("dht", F32, "NT", "HV", "K", "V"), Param("scale", "scalar", F32),
+         _tensor("dq_head", F32, "T", "HV", "K", kind="out"), _tensor("dk_head", F32, "T", "HV", "K", kind="out"),
+         _tensor("dv", "operand", "T", "HV", "V", kind="out"), _tensor("dbeta", F32, "T", "HV", kind="out"),
+         _tensor("dg", F32, "T", "HV", kind="out"), Param("write_dh0", "scalar", I32),
+         _tensor("dh0", F32, "NI", "HV", "K", "V", kind="out")),
+        shapes.gdn_form, shapes.gdn_backward_program, label_field="threads", label_prefix="threads"),
     KernelSpec(
         "cp_plan", "context parallelism: every slot's token range and warm-up window, from l2_gate and contracts",
         "cp_plan.py.jinja", None, None,

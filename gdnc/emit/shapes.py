@@ -60,3 +60,29 @@ def gdn_forward_program(forward: Program) -> list[str]:
         problems.append("expected the gates after the products (gate_after_product: X̃ = diag(β r) Aᵀ K, "
                         "M = G ⊙ (tril(P) A) diag(β))")
     return problems
+
+
+GRADIENTS = ("d_q", "d_k", "d_v", "d_beta", "d_g", "d_S")
+
+
+def gdn_backward_program(backward: Program) -> list[str]:
+    """What the rewritten backward program lacks of the shape gdn_backward implements: the gradients
+    of q, k, v, β, g and the carried state; only the gate-free inverse read from HBM; the two pair-gate
+    gradients merged into one (merge_gate_gradients); one shared decay mask, in base 2."""
+    bwd = backward.live()
+    kinds = [op.kind for op in bwd.ops]
+    problems = []
+    if tuple(sorted(bwd.outputs)) != tuple(sorted(GRADIENTS)):
+        problems.append(f"outputs {sorted(bwd.outputs)}, expected {sorted(GRADIENTS)}")
+    if bwd.carried != {"d_S_new": "d_S"}:
+        problems.append(f"carried {bwd.carried}, expected the state gradient d_S_new -> d_S")
+    hbm = sorted({op.role for op in bwd.ops if op.kind == "hbm"})
+    if hbm != ["A_free"]:
+        problems.append(f"HBM hand-offs {hbm}, expected only A_free (the gate-free inverse)")
+    if kinds.count("decay_mask_grad") != 1:
+        problems.append(f"{kinds.count('decay_mask_grad')} pair-gate gradients, expected one (merge_gate_gradients)")
+    if kinds.count("decay_mask") != 1 or any(op.attr("base") != "2" for op in bwd.ops if op.kind in ("exp", "decay_mask")):
+        problems.append("expected one shared decay mask and exp2 everywhere")
+    if kinds.count("tri_inverse") != 1:
+        problems.append("expected the inverse recomputed once from K Kᵀ (its gradient −Aᵀ T Aᵀ)")
+    return problems
