@@ -1,7 +1,7 @@
-"""Build every kernel the GPU tests load (tests/test_gpu_forward.py's kernels_used), on a machine
+"""Build every kernel the GPU tests load (each GPU test module's kernels_used), on a machine
 without a GPU, into $GDNC_CACHE_DIR, so that the tests compile nothing on the GPU machine:
 
-    GDNC_CACHE_DIR=$PWD/.devcache python benchmarks/build_test_kernels.py --workers 2
+    GDNC_CACHE_DIR=$PWD/.devcache python benchmarks/build_test_kernels.py --workers 2 [--tests backward]
 """
 import argparse
 import importlib.util
@@ -12,17 +12,22 @@ from pathlib import Path
 from gdnc.check import job_label
 from gdnc.emit.cache import build_many, render_job
 
-TESTS = Path(__file__).resolve().parent.parent / "tests" / "test_gpu_forward.py"
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+MODULES = ("forward", "backward")  # tests/test_gpu_<name>.py
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--tests", nargs="+", choices=MODULES, default=MODULES, help="which GPU test modules")
     args = parser.parse_args(argv)
-    spec = importlib.util.spec_from_file_location("test_gpu_forward", TESTS)
-    tests = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tests)
-    jobs = [render_job("gdn", kernel, heads, config) for kernel, heads, config in tests.kernels_used()]
+    used = []
+    for name in args.tests:
+        spec = importlib.util.spec_from_file_location(f"test_gpu_{name}", TESTS / f"test_gpu_{name}.py")
+        tests = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(tests)
+        used += tests.kernels_used()
+    jobs = [render_job("gdn", kernel, heads, config) for kernel, heads, config in dict.fromkeys(used)]
     start = time.perf_counter()
 
     def progress(done, job):

@@ -134,6 +134,7 @@ def test_op_passes_every_kernel_its_parameters(split, varlen, h0):
     from gdnc.runtime.buffers import output_allocator
     from gdnc.runtime.policy import Call, HeuristicPolicy
     from gdnc.runtime.plan import SplitConfig
+    from gdnc.runtime.backward import run_backward
     from gdnc.runtime.forward import run_forward
 
     lengths = [130, 1, 500] if varlen else [631]
@@ -148,12 +149,20 @@ def test_op_passes_every_kernel_its_parameters(split, varlen, h0):
     initial_state = state if h0 else None
     s = check_arguments(GDN.signature, q, k, v, scale=None, initial_state=initial_state, cu_seqlens=cu,
                         inputs={"g": g, "beta": beta})
-    o, final = run_forward(q, k, v, g, beta.float(), s, initial_state, True, cu, plan, kernels,
-                           output_allocator("cpu", poison=True))
+    empty = output_allocator("cpu", poison=True)
+    o, final, saved = run_forward(q, k, v, g, beta.float(), s, initial_state, True, cu, plan, kernels, empty)
     assert o.shape == v.shape and final.shape == (len(lengths), 8, 128, 128)
     launches = {name: checker.calls for name, checker in checkers.items()}
     assert launches == ({"gdn_prepare": 1, "gdn_forward": 3, "cp_plan": 1, "cp_chain": 1} if split else
                         {"gdn_prepare": 1, "gdn_forward": 1})
+    # the backward's two launches, with and without dht and dh0
+    backward = {role: SignatureChecker(render(GDN, name, heads, config), name)
+                for role, (name, config) in plan.backward_kernels().items()}
+    bound = {role: Kernel(spec(name), config, backward[role]) for role, (name, config) in plan.backward_kernels().items()}
+    grads = run_backward(saved, torch.ones_like(o), final if h0 else None, s, bound, empty, want_dh0=h0)
+    assert {role: checker.calls for role, checker in backward.items()} == {"states": 1, "backward": 1}
+    assert grads.dq.shape == q.shape and grads.dk.shape == k.shape and grads.dv.shape == v.shape
+    assert grads.dg.shape == grads.dbeta.shape == g.shape and (grads.dh0 is not None) == h0
 
 
 def test_a_launch_binds_its_arguments_by_name():

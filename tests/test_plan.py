@@ -2,7 +2,7 @@
 the policy that turns it into the kernels' configs."""
 import pytest
 
-from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
 from gdnc.runtime.plan import Layout, Plan, Split, SplitConfig, layout_forward, prepare_heads_per_cta, segment_count
 from gdnc.runtime.policy import Call, HeuristicPolicy
 
@@ -80,31 +80,41 @@ def test_the_heuristic_policy_plans_configs():
     """The plan carries the configs the kernels are built with: the layout's block and split, the
     prepare's heads a CTA; a policy's fixed fields override the heuristic's choice."""
     long_call = Call(Heads(2, 8), 32768, 1, H100_SMS)
+    # the backward's states pass is unsplit: 32 CTAs of 32 columns fill one wave of 132 SMs at most
+    narrow_states = ForwardConfig(block_v=32, store_states=True)
     assert HeuristicPolicy().plan(long_call) == Plan(ForwardConfig(block_v=128), PrepareConfig(heads_per_cta=4),
-                                                     Split(2048, 16))
+                                                     Split(2048, 16), states=narrow_states)
     short = HeuristicPolicy().plan(Call(Heads(2, 8), 1024, 1, H100_SMS))
-    assert short == Plan(ForwardConfig(block_v=32), PrepareConfig(heads_per_cta=1))
+    assert short == Plan(ForwardConfig(block_v=32), PrepareConfig(heads_per_cta=1), states=narrow_states)
+    assert HeuristicPolicy().plan(Call(Heads(16, 64), 32768, 8, H100_SMS)).states.block_v == 128
+    assert short.backward_kernels() == {"states": ("gdn_forward", narrow_states),
+                                        "backward": ("gdn_backward", BackwardConfig())}
+    with pytest.raises(ValueError, match="store_states=True"):
+        Plan(ForwardConfig(), PrepareConfig(), states=ForwardConfig())
     assert set(short.kernels()) == {"gdn_prepare", "gdn_forward"}
     assert set(HeuristicPolicy().plan(long_call).kernels()) == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
     fixed = HeuristicPolicy(split=SplitConfig(segment_len=256, tau=-20.0), forward={"block_v": 64, "m_role": "prepare"},
                             prepare={"inverse": "substitution", "heads_per_cta": 1})
     assert fixed.plan(long_call) == Plan(ForwardConfig(block_v=64, m_role="prepare"),
-                                         PrepareConfig(inverse="substitution"), Split(256, 128, tau=-20.0))
+                                         PrepareConfig(inverse="substitution"), Split(256, 128, tau=-20.0),
+                                         states=ForwardConfig(block_v=64, m_role="prepare", store_states=True))
     unsplit = HeuristicPolicy(split=SplitConfig(segment_len=0), forward={"block_v": 128}).plan(long_call)
     assert unsplit.split is None and unsplit.forward.block_v == 128
 
 
 def test_candidates_are_every_config_the_plans_may_use():
     """What gdnc build compiles: the forward at every width the layout may pick, the prepare one head
-    a CTA and (GVA) a whole group, the context-parallel kernels; every plan's configs among them."""
+    a CTA and (GVA) a whole group, the context-parallel kernels, the backward's states pass at every
+    width and the backward; every plan's configs among them, its backward's too."""
     policy = HeuristicPolicy()
     for heads in (Heads(2, 8), Heads(16, 16), Heads(16, 48)):
         candidates = policy.candidates(heads)
-        assert len(candidates) == len(set(candidates)) == 3 + (2 if heads.group > 1 else 1) + 2
+        assert len(candidates) == len(set(candidates)) == 3 + (2 if heads.group > 1 else 1) + 2 + 3 + 1
         for tokens in (64, 1024, 2048, 8192, 32768):
             for sequences in (1, 2, 4, 8):
                 plan = policy.plan(Call(heads, tokens * sequences, sequences, H100_SMS))
                 assert set(plan.kernels().items()) <= set(candidates)
+                assert set(plan.backward_kernels().values()) <= set(candidates)
     assert HeuristicPolicy(forward={"block_v": 64}).candidates(Heads(2, 8))[0] == ("gdn_forward",
                                                                                    ForwardConfig(block_v=64))
 

@@ -7,6 +7,8 @@ Everything runs with shapes the host knows, so a call can be captured in a CUDA 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from gdnc.ir.program import CHUNK_SIZE
@@ -14,6 +16,25 @@ from gdnc.reference.problem import Shapes
 from gdnc.runtime.buffers import kept_range, kept_rows, kept_zeros
 from gdnc.runtime.cp import run_planner, split_forward
 from gdnc.runtime.plan import Plan
+
+
+@dataclasses.dataclass
+class Saved:
+    """A forward's tensors the backward reads, packed to B·T rows: q, k [tokens, H, K], v [tokens, HV, V]
+    (the op's dtype), beta and l2_gate [tokens, HV] fp32, a_free [tokens, HV, C], h0 [N, HV, K, V] fp32
+    or None, cu_seqlens [N + 1] int32."""
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    beta: torch.Tensor
+    l2_gate: torch.Tensor
+    a_free: torch.Tensor
+    h0: torch.Tensor | None
+    cu_seqlens: torch.Tensor
+
+    def tensors(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
 
 def final_rows(count: int, wanted: bool, device) -> torch.Tensor:
@@ -46,10 +67,10 @@ def prepare(kernel, k, g, beta, s: Shapes, cu_seqlens, empty) -> dict[str, torch
 
 def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: bool, cu_seqlens, plan: Plan,
                 kernels: dict, empty):
-    """o [B, T, HV, V] and the final state [N, HV, K, V] (None unless ``output_final_state``) of a
-    checked call ``s`` on the kernels of ``plan``: ``kernels`` holds each of plan.kernels() loaded
-    (gdnc.runtime.kernels; all before the first launch, which a captured call needs),
-    ``empty(*shape, dt=)`` makes the output buffers."""
+    """o [B, T, HV, V], the final state [N, HV, K, V] (None unless ``output_final_state``) and what the
+    backward reads (gdnc.runtime.backward.Saved) of a checked call ``s`` on the kernels of ``plan``:
+    ``kernels`` holds each of plan.kernels() loaded (gdnc.runtime.kernels; all before the first
+    launch, which a captured call needs), ``empty(*shape, dt=)`` makes the output buffers."""
     device, dtype = q.device, q.dtype
     tokens, N = s.B * s.T, s.num_sequences
     cu = dense_offsets(s.B, s.T, device) if cu_seqlens is None else cu_seqlens.to(torch.int32)
@@ -77,4 +98,6 @@ def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: 
         # packed sequences: range n is [cu[n], cu[n + 1]), read from cu itself (no copies, no launches)
         final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
         forward(v_packed, h0, cu, cu, o, final_state, final_rows(N, output_final_state, device), end_offset=1)
-    return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None)
+    saved = Saved(q=q_packed, k=prep["k"], v=v_packed, beta=prep["beta"], l2_gate=prep["l2_gate"],
+                  a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
+    return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None), saved

@@ -5,8 +5,11 @@ cumulative log2 gate), then the fused, warp-specialised forward over chunks (gdn
 with the configs a policy chooses (gdnc.runtime.policy). What the kernels do not cover falls back to
 the chunked reference, saying why once (a FallbackWarning per reason and call site): no CUDA
 tensors (or not a Hopper GPU), dtypes other than bf16 and fp16, head sizes other than K = V = 128
-(the only ones run on the GPU yet), and — until gdnc generates the backward — calls that need
-gradients.
+(the only ones run on the GPU yet).
+
+A call that needs gradients (any of q, k, v, g, beta, initial_state requiring them) runs the same
+forward through an autograd function whose backward is gdnc's generated backward
+(gdnc.runtime.backward); double backward is refused.
 
 Everything after the argument check runs on the device with shapes the host knows, so a call can
 be captured in a CUDA graph. Outside capture, the check reads cu_seqlens and the largest g on the
@@ -15,6 +18,7 @@ process (kernels in the cache) loads them without importing sympy or jinja2.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import warnings
@@ -26,7 +30,8 @@ from gdnc.emit.cache import library_signature
 from gdnc.emit.config import Heads
 from gdnc.reference.problem import Shapes, check_arguments
 from gdnc.runtime.buffers import output_allocator
-from gdnc.runtime.forward import run_forward
+from gdnc.runtime.backward import run_backward
+from gdnc.runtime.forward import Saved, run_forward
 from gdnc.runtime.kernels import loaded
 from gdnc.runtime.policy import DEFAULT_POLICY, Call, Policy
 
@@ -57,15 +62,60 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
         q = F.normalize(q.float(), dim=-1).to(q.dtype)
         k = F.normalize(k.float(), dim=-1).to(k.dtype)
     reason = _unsupported(q, k, v, shapes)
-    if reason is None and torch.is_grad_enabled() and any(
-            x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)):
-        reason = "gradients requested: gdnc does not generate the backward yet, so this call runs the " \
-                 "chunked reference with autograd (slow)"
     if reason is not None:
         return _fallback(reason, q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
     plan, kernels = _plan(q, shapes, policy)
     empty = output_allocator(q.device, os.environ.get("GDNC_POISON_OUTPUTS") == "1")
-    return run_forward(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens, plan, kernels, empty)
+    run = _Run(shapes, output_final_state, cu_seqlens, plan, kernels, empty)
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)):
+        heads = _heads(q, shapes)
+        run.backward_kernels = {role: loaded(RECURRENCE, name, heads, config)
+                                for role, (name, config) in plan.backward_kernels().items()}
+        return _GatedDeltaRule.apply(q, k, v, g, beta, initial_state, run)
+    o, final_state, _ = run.forward(q, k, v, g, beta, initial_state)
+    return o, final_state
+
+
+@dataclasses.dataclass
+class _Run:
+    """A checked call's plan, its loaded kernels and its output allocator."""
+
+    shapes: Shapes
+    output_final_state: bool
+    cu_seqlens: torch.Tensor | None
+    plan: object
+    kernels: dict
+    empty: object
+    backward_kernels: dict | None = None
+
+    def forward(self, q, k, v, g, beta, initial_state):
+        return run_forward(q, k, v, g, beta, self.shapes, initial_state, self.output_final_state, self.cu_seqlens,
+                           self.plan, self.kernels, self.empty)
+
+
+class _GatedDeltaRule(torch.autograd.Function):
+    """The op on the kernels with gradients in q, k, v, g, beta and initial_state (gdnc.runtime.backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, beta, initial_state, run: _Run):
+        o, final_state, saved = run.forward(q, k, v, g, beta, initial_state)
+        ctx.save_for_backward(*saved.tensors())
+        ctx.run = run
+        ctx.dtypes = (g.dtype, beta.dtype)
+        return o, final_state
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        if torch.is_grad_enabled():
+            raise RuntimeError("gdnc.chunk_gated_delta_rule: double backward (create_graph=True, or a gradient of its "
+                               "gradients) is not supported; its backward runs kernels that autograd cannot differentiate")
+        run = ctx.run
+        saved = Saved(*ctx.saved_tensors)
+        want_dh0 = saved.h0 is not None and ctx.needs_input_grad[5]
+        grads = run_backward(saved, do, dht if run.output_final_state else None, run.shapes, run.backward_kernels,
+                             run.empty, want_dh0)
+        g_dtype, beta_dtype = ctx.dtypes
+        return (grads.dq, grads.dk, grads.dv, grads.dg.to(g_dtype), grads.dbeta.to(beta_dtype), grads.dh0, None)
 
 
 def kernel_call(q, k, v, g, beta, initial_state=None, output_final_state=False, cu_seqlens=None, *,
@@ -81,12 +131,16 @@ def kernel_call(q, k, v, g, beta, initial_state=None, output_final_state=False, 
     plan, kernels = _plan(q, shapes, policy)
     empty = output_allocator(q.device, poison=False)
     return plan, lambda: run_forward(q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens, plan,
-                                     kernels, empty)
+                                     kernels, empty)[:2]
+
+
+def _heads(q, shapes: Shapes) -> Heads:
+    return Heads(shapes.H, shapes.HV, shapes.K, shapes.V, "bfloat16" if q.dtype == torch.bfloat16 else "float16")
 
 
 def _plan(q, shapes: Shapes, policy: Policy | None):
-    """The plan of a checked call and its kernels, loaded before any launch."""
-    heads = Heads(shapes.H, shapes.HV, shapes.K, shapes.V, "bfloat16" if q.dtype == torch.bfloat16 else "float16")
+    """The plan of a checked call and its forward's kernels, loaded before any launch."""
+    heads = _heads(q, shapes)
     plan = (policy or DEFAULT_POLICY).plan(Call(heads, shapes.B * shapes.T, shapes.num_sequences, _sm_count(q.device)))
     return plan, {name: loaded(RECURRENCE, name, heads, config) for name, config in plan.kernels().items()}
 

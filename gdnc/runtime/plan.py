@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gdnc.emit.config import FORWARD_WIDTHS, MAX_WINDOW_CHUNKS, ForwardConfig, PrepareConfig
+from gdnc.emit.config import FORWARD_WIDTHS, MAX_WINDOW_CHUNKS, BackwardConfig, ForwardConfig, PrepareConfig
 from gdnc.ir.program import CHUNK_SIZE
 
 
@@ -97,18 +97,30 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """The configs of one call's kernels, and its split (None: every sequence in one range)."""
+    """The configs of one call's kernels, and its split (None: every sequence in one range).
+    states and backward: what a call's backward runs (gdnc.runtime.backward), the states pass a
+    gdn_forward build with store_states, unsplit."""
 
     forward: ForwardConfig
     prepare: PrepareConfig
     split: Split | None = None
+    states: ForwardConfig = ForwardConfig(store_states=True)
+    backward: BackwardConfig = BackwardConfig()
+
+    def __post_init__(self):
+        if not self.states.store_states:
+            raise ValueError(f"Plan.states must be a gdn_forward config with store_states=True, got {self.states}")
 
     def kernels(self) -> dict:
-        """{kernel name: config} of every kernel the call launches (config None: none to choose)."""
+        """{kernel name: config} of every kernel the call's forward launches (config None: none to choose)."""
         kernels = {"gdn_prepare": self.prepare, "gdn_forward": self.forward}
         if self.split is not None:
             kernels.update(cp_plan=None, cp_chain=None)
         return kernels
+
+    def backward_kernels(self) -> dict:
+        """{role: (kernel name, config)} of the kernels the call's backward launches."""
+        return {"states": ("gdn_forward", self.states), "backward": ("gdn_backward", self.backward)}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gdnc.emit.config import ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
 from gdnc.runtime.plan import Plan, Split, SplitConfig, forward_widths, layout_forward, prepare_heads_per_cta
 
 
@@ -70,12 +70,21 @@ class HeuristicPolicy:
         split = None
         if layout.segment_len:
             split = Split(layout.segment_len, layout.slots, self.split.tau, self.split.max_warmup_chunks)
-        return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta), split)
+        # the backward's states pass runs unsplit: the narrowest block that fills one wave
+        unsplit = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
+                                 self._widths(heads), dataclasses.replace(self.split, segment_len=0))
+        return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta), split,
+                    states=self._states(unsplit.block_v))
+
+    def _states(self, width: int) -> ForwardConfig:
+        return ForwardConfig(**{**self.forward, "block_v": width, "store_states": True})
 
     def candidates(self, heads: Heads) -> list[tuple[str, Any]]:
         prepares = dict.fromkeys([self._prepare(1), self._prepare(heads.group)])
-        return ([("gdn_forward", ForwardConfig(**{**self.forward, "block_v": width})) for width in self._widths(heads)]
-                + [("gdn_prepare", config) for config in prepares] + [("cp_plan", None), ("cp_chain", None)])
+        widths = self._widths(heads)
+        return ([("gdn_forward", ForwardConfig(**{**self.forward, "block_v": width})) for width in widths]
+                + [("gdn_prepare", config) for config in prepares] + [("cp_plan", None), ("cp_chain", None)]
+                + [("gdn_forward", self._states(width)) for width in widths] + [("gdn_backward", BackwardConfig())])
 
 
 DEFAULT_POLICY = HeuristicPolicy()

@@ -1,0 +1,187 @@
+"""The generated backward on a Hopper GPU against float64 autograd (pytest -m gpu).
+
+Every case differentiates a random linear loss of o and the final state through the op (its kernels:
+no fallback allowed) and through the float64 chunked reference, and compares o, the final state
+and every gradient by name. Yardstick: the same errors of the chunked reference run as the kernels
+run it (operands rounded to the op's dtype, fp32 accumulation, autograd through the rounding); the
+kernels may be at most FACTOR times as far from float64. Gradient buffers are poisoned (NaN) before
+every run, inputs are fresh random each run.
+"""
+import os
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import gdnc
+from gdnc.emit.config import Heads
+from gdnc.reference.chunked_form import chunked
+from gdnc.reference.compare import relative_error
+from gdnc.runtime.policy import DEFAULT_POLICY
+
+pytestmark = pytest.mark.gpu
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+if not HOPPER:
+    pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")]
+
+BACKWARD_HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64)]
+FACTOR = 2.0
+GDN = gdnc.get_variant("gdn")
+RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT_BACKWARD (JSON) when that is set
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setenv("GDNC_POISON_OUTPUTS", "1")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    path = os.environ.get("GDNC_GPU_REPORT_BACKWARD")
+    if path and RESULTS:
+        import json
+
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                "tilelang": __import__("tilelang").__version__, "gdnc": gdnc.__version__}
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "cases": RESULTS}, f, indent=1)
+
+
+def kernels_used() -> list:
+    """Every (kernel, heads, config) these tests may load, to build on a machine without a GPU."""
+    heads = [Heads(hq, hv) for hq, hv in BACKWARD_HEADS] + [Heads(2, 4, dtype="float16")]
+    return list(dict.fromkeys((kernel, h, config) for h in heads for kernel, config in DEFAULT_POLICY.candidates(h)))
+
+
+def offsets(lengths):
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+
+
+def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, dtype=torch.bfloat16, beta_max=1.0, k_norm=1.0):
+    dev, K, V = "cuda", 128, 128
+    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
+    k = (k_norm * F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1)).to(dtype)
+    v = torch.randn(B, T, HV, V, device=dev).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, HV, device=dev))
+    if gates == "strong":
+        g = -30.0 + torch.randn(B, T, HV, device=dev).clamp(-3, 3)
+    elif gates == "mixed":  # half the heads without decay, the others strong
+        g[..., ::2] = 0.0
+        g[..., 1::2] = -30.0
+    beta = beta_max * torch.rand(B, T, HV, device=dev)
+    state = torch.randn(N, HV, K, V, device=dev) if h0 else None
+    return q, k, v, g, beta, state
+
+
+def gradients(fn, leaves: dict, weights, use_final):
+    """o, the final state and the gradient of sum(w_o o) + sum(w_h ht) (the second only with
+    ``use_final``) with respect to every leaf, by name."""
+    live = {n: x.detach().clone().requires_grad_(True) for n, x in leaves.items()}
+    o, ht = fn(**live)
+    loss = (o.double() * weights[0]).sum()
+    if use_final:
+        loss = loss + (ht.double() * weights[1]).sum()
+    grads = torch.autograd.grad(loss, list(live.values()))
+    return {"o": o.detach(), "final_state": ht.detach(), **{f"d{n}": g for n, g in zip(live, grads)}}
+
+
+def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None, repeat=False):
+    """The op's outputs and gradients against float64, within FACTOR of the yardstick; returns both."""
+    leaves = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
+    if h0 is not None:
+        leaves["h0"] = h0
+
+    def op(q, k, v, g, beta, h0=None):
+        return gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                           cu_seqlens=cu, use_qk_l2norm_in_kernel=l2norm, policy=policy)
+
+    def reference(dtype, operand_dtype):
+        def run(q, k, v, g, beta, h0=None):
+            if l2norm:
+                q, k = F.normalize(q.to(dtype), dim=-1), F.normalize(k.to(dtype), dim=-1)
+            return chunked(GDN, q.to(dtype), k.to(dtype), v.to(dtype), g=g.to(dtype), beta=beta.to(dtype),
+                           initial_state=None if h0 is None else h0.to(dtype), output_final_state=True,
+                           cu_seqlens=cu, dtype=dtype, operand_dtype=operand_dtype)
+        return run
+
+    N = 1 if cu is None else cu.numel() - 1
+    weights = (torch.randn(v.shape, device="cuda", dtype=torch.float64),
+               torch.randn(N, v.shape[2], 128, 128, device="cuda", dtype=torch.float64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gradients(op, leaves, weights, dht)
+        again = gradients(op, leaves, weights, dht) if repeat else None
+    fallbacks = [str(w.message) for w in caught if "using the chunked reference" in str(w.message)]
+    assert not fallbacks, f"the op did not run the kernels: {fallbacks}"
+    exact = gradients(reference(torch.float64, None), leaves, weights, dht)
+    emulated = gradients(reference(torch.float32, q.dtype), leaves, weights, dht)
+    err = {n: relative_error(got[n], exact[n]) for n in exact}
+    yard = {n: relative_error(emulated[n].to(got[n].dtype), exact[n]) for n in exact}
+    RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard})
+    for name in exact:
+        assert torch.isfinite(got[name]).all(), f"{name} has NaN/inf: an element was not written or overflowed"
+        assert err[name] <= FACTOR * yard[name] + 1e-6, f"{name}: kernel {err[name]:.2e} vs yardstick {yard[name]:.2e}"
+    if repeat:
+        for name in got:
+            assert torch.equal(got[name], again[name]), f"{name} differs between two identical runs"
+    return err, yard
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 1000, 4096])
+@pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEADS)
+def test_backward_matches_float64(h_qk, h_v, T):
+    check(*inputs(T, h_qk, h_v))
+
+
+@pytest.mark.parametrize("h_qk,h_v", [(2, 4), (16, 32)])
+def test_long_sequence(h_qk, h_v):
+    check(*inputs(32768, h_qk, h_v))
+
+
+@pytest.mark.parametrize("h_qk,h_v", [(2, 4), (16, 64)])
+def test_varlen_with_length_one_sequences(h_qk, h_v):
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    check(*inputs(sum(lengths), h_qk, h_v, N=len(lengths)), cu=offsets(lengths))
+
+
+@pytest.mark.parametrize("dht", [True, False])
+@pytest.mark.parametrize("h0", [True, False])
+def test_initial_and_final_state_gradients_on_and_off(h0, dht):
+    check(*inputs(1000, 4, 8, h0=h0), dht=dht)
+
+
+@pytest.mark.parametrize("gates", ["strong", "mixed"])
+def test_decay_extremes(gates):
+    check(*inputs(1000, 4, 8, gates=gates))
+
+
+def test_expanding_transitions():
+    """β up to 2 with ‖k‖ = 1.2: β‖k‖² up to 2.9, above 1."""
+    check(*inputs(1000, 4, 8, beta_max=2.0, k_norm=1.2))
+
+
+def test_fp16():
+    check(*inputs(1000, 2, 4, dtype=torch.float16))
+
+
+def test_qk_l2norm_in_kernel():
+    q, k, v, g, beta, h0 = inputs(1000, 4, 8)
+    check(q * 3, k * 0.5, v, g, beta, h0, l2norm=True)
+
+
+def test_batch_of_dense_sequences():
+    check(*inputs(1000, 4, 8, B=3, N=3))
+
+
+def test_gradients_are_bitwise_repeatable():
+    check(*inputs(2000, 4, 16), repeat=True)
+
+
+def test_double_backward_is_refused():
+    q, k, v, g, beta, h0 = inputs(128, 2, 4)
+    q.requires_grad_(True)
+    o, _ = gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(o.float().sum(), q, create_graph=True)
