@@ -91,12 +91,14 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
 
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
     assert main(["build", "2/8", "--workers", "2"]) == 0
-    # a forward config per width, prepare one head a CTA and four (GVA), cp_plan and cp_chain once
-    count = len(FORWARD_WIDTHS) + 4
+    # a forward config per width, prepare one head a CTA and four (GVA), cp_plan and cp_chain once; the
+    # backward's states pass per width and the backward
+    count = 2 * len(FORWARD_WIDTHS) + 5
     out = capsys.readouterr().out
     assert f"[{count}/{count}] 2/8" in out and f"gdnc build: {count} compiled, 0 already in the cache" in out
     sources = list(tmp_path.glob("*/sources/*/*.py"))
-    assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain"}
+    assert {p.name.split("-")[0] for p in sources} == {"gdn_prepare", "gdn_forward", "cp_plan", "cp_chain",
+                                                        "gdn_backward"}
     start = time.perf_counter()
     assert main(["build", "2/8", "--workers", "2"]) == 0
     assert f"gdnc build: 0 compiled, {count} already in the cache" in capsys.readouterr().out
@@ -144,8 +146,9 @@ def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
 
     assert main(["emit", "gdn", "--hq", "16", "--hv", "32", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
-    assert written == sorted(["gdn_prepare_heads1.py", "gdn_prepare_heads2.py", "cp_plan.py", "cp_chain.py"]
-                             + [f"gdn_forward_bv{w}.py" for w in FORWARD_WIDTHS])
+    assert written == sorted(["gdn_prepare_heads1.py", "gdn_prepare_heads2.py", "cp_plan.py", "cp_chain.py",
+                              "gdn_backward_threads256.py"]
+                             + [f"gdn_forward_bv{w}{states}.py" for w in FORWARD_WIDTHS for states in ("", "-store_states")])
     assert sorted(capsys.readouterr().out.split()) == [str(tmp_path / name) for name in written]
     for path in tmp_path.iterdir():
         source = path.read_text()
@@ -170,7 +173,8 @@ def test_emit_refuses_what_it_cannot_write(argv, message, tmp_path, capsys):
 
 
 def test_emit_writes_the_forward_at_the_blocks_asked_for(tmp_path, capsys):
-    """--block-v: the forward at those V blocks; V = 64 takes blocks 32 and 64 only."""
+    """--block-v: the forward at those V blocks; V = 64 takes blocks 32 and 64 only (and no backward,
+    written for V = 128)."""
     assert main(["emit", "gdn", "--hq", "2", "--hv", "8", "--v", "64", "--block-v", "32", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cp_chain.py", "cp_plan.py", "gdn_forward_bv32.py",
                                                          "gdn_prepare_heads1.py", "gdn_prepare_heads4.py"]

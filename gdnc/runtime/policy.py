@@ -82,9 +82,22 @@ class HeuristicPolicy:
     def candidates(self, heads: Heads) -> list[tuple[str, Any]]:
         prepares = dict.fromkeys([self._prepare(1), self._prepare(heads.group)])
         widths = self._widths(heads)
+        # the backward where its kernel takes these heads (the op runs K = V = 128 only)
+        backward = BackwardConfig()
+        trains = _takes(backward, heads)
         return ([("gdn_forward", ForwardConfig(**{**self.forward, "block_v": width})) for width in widths]
                 + [("gdn_prepare", config) for config in prepares] + [("cp_plan", None), ("cp_chain", None)]
-                + [("gdn_forward", self._states(width)) for width in widths] + [("gdn_backward", BackwardConfig())])
+                + ([("gdn_forward", self._states(width)) for width in widths] + [("gdn_backward", backward)]
+                   if trains else []))
+
+
+def _takes(config, heads: Heads) -> bool:
+    """Whether a kernel built with ``config`` takes ``heads`` (its check passes)."""
+    try:
+        config.check(heads)
+    except ValueError:
+        return False
+    return True
 
 
 DEFAULT_POLICY = HeuristicPolicy()
