@@ -53,6 +53,8 @@ def _parse(argv) -> argparse.Namespace:
                              "N parallel processes, and gdnc's in this one (default: min(peers × "
                              "head configurations, CPUs / 2), fewer if the GPU's memory is short; "
                              "0: no warm-up)")
+    parser.add_argument("--backward", action="store_true",
+                        help="the backward benchmark instead (gdnc.bench.backward: `gdnc bench --backward --help`)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="put TileLang's, Triton's and gdnc's on-disk caches under this folder "
                              "(default: wherever their variables or defaults say)")
@@ -234,6 +236,12 @@ def _time_shapes(args, chosen, runnable, results, generator, started, out_dir: P
 
 
 def main(argv=None) -> int:
+    argv = list(argv) if argv is not None else None
+    if argv is not None and "--backward" in argv:  # the backward benchmark has its own options
+        from . import backward
+
+        argv.remove("--backward")
+        return backward.main(argv)
     args = _parse(argv)
     chosen = shape_table.select(shape_table.forward_shapes(args.quick), args.shapes)
     started = time.monotonic()
