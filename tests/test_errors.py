@@ -62,3 +62,13 @@ def test_unsupported_recurrence_is_a_value_error():
 def test_chunk_size_checked():
     with pytest.raises(ValueError, match="chunk_size must be a positive int, got 0"):
         chunked(gdnc.get_variant("gdn"), **args(), chunk_size=0)
+
+
+def test_the_op_refuses_offsets_that_could_carry_gradients():
+    """cu_seqlens are integer offsets: a float tensor (the only kind that can require gradients) is
+    refused, naming it, before anything runs."""
+    a = args()
+    with pytest.raises(TypeError, match=r"cu_seqlens must be a 1-D int32/int64 tensor of N\+1 offsets, got dtype "
+                                        r"torch.float32"):
+        gdnc.chunk_gated_delta_rule(a["q"], a["k"], a["v"], a["g"], a["beta"],
+                                    cu_seqlens=torch.tensor([0.0, 4.0, 10.0], requires_grad=True))
