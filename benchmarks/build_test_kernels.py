@@ -22,6 +22,7 @@ def main(argv=None):
     parser.add_argument("--tests", nargs="+", choices=MODULES, default=MODULES, help="which GPU test modules")
     args = parser.parse_args(argv)
     used = []
+    sys.path.insert(0, str(TESTS))  # the test modules import their conftest's helpers
     for name in args.tests:
         spec = importlib.util.spec_from_file_location(f"test_gpu_{name}", TESTS / f"test_gpu_{name}.py")
         tests = importlib.util.module_from_spec(spec)

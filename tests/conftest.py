@@ -73,3 +73,26 @@ def built():
         return cache.lower_job(job), cache.report_job(job)
 
     return lookup
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """The op's output and gradient buffers NaN-filled before every kernel writes them (GPU tests: an
+    element a kernel leaves unwritten must show)."""
+    monkeypatch.setenv("GDNC_POISON_OUTPUTS", "1")
+
+
+def write_gpu_report(variable: str, cases: list) -> None:
+    """The checked cases of a GPU test module as JSON (with the card and versions) to the path in
+    environment variable ``variable``, when it is set."""
+    import json
+
+    import gdnc
+
+    path = os.environ.get(variable)
+    if path and cases:
+        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+                "tilelang": __import__("tilelang").__version__, "gdnc": gdnc.__version__}
+        with open(path, "w") as f:
+            json.dump({"meta": meta, "cases": cases}, f, indent=1)
+

@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import gdnc
+from conftest import write_gpu_report
 from gdnc.check import kernel_vs_reference
 from gdnc.emit.config import DEFAULT_REGISTERS, Heads
 from gdnc.runtime.kernels import loaded
 from gdnc.runtime.plan import Split, SplitConfig
 from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison")]
 HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
 if not HOPPER:
     pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")]
@@ -31,22 +32,10 @@ GDN = gdnc.get_variant("gdn")
 RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT (JSON) when that is set
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    monkeypatch.setenv("GDNC_POISON_OUTPUTS", "1")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def report():
     yield
-    path = os.environ.get("GDNC_GPU_REPORT")
-    if path and RESULTS:
-        import json
-
-        meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                "tilelang": __import__("tilelang").__version__, "gdnc": gdnc.__version__}
-        with open(path, "w") as f:
-            json.dump({"meta": meta, "cases": RESULTS}, f, indent=1)
+    write_gpu_report("GDNC_GPU_REPORT", RESULTS)
 
 
 def kernels_used() -> list:
