@@ -75,6 +75,12 @@ def built():
     return lookup
 
 
+HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+# the marks of a GPU test module: run with the outputs poisoned on a Hopper GPU, skipped saying why elsewhere
+GPU_MARKS = ([pytest.mark.gpu, pytest.mark.usefixtures("poison")] if HOPPER else
+             [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")])
+
+
 @pytest.fixture
 def poison(monkeypatch):
     """The op's output and gradient buffers NaN-filled before every kernel writes them (GPU tests: an

@@ -15,16 +15,13 @@ import torch
 import torch.nn.functional as F
 
 import gdnc
-from conftest import write_gpu_report
+from conftest import GPU_MARKS, write_gpu_report
 from gdnc.emit.config import Heads
 from gdnc.reference.chunked_form import chunked
 from gdnc.reference.compare import relative_error
 from gdnc.runtime.policy import DEFAULT_POLICY
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison")]
-HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-if not HOPPER:
-    pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")]
+pytestmark = GPU_MARKS
 
 BACKWARD_HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64)]
 FACTOR = 2.0

@@ -12,17 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import gdnc
-from conftest import write_gpu_report
+from conftest import GPU_MARKS, write_gpu_report
 from gdnc.check import kernel_vs_reference
 from gdnc.emit.config import DEFAULT_REGISTERS, Heads
 from gdnc.runtime.kernels import loaded
 from gdnc.runtime.plan import Split, SplitConfig
 from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
-pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison")]
-HOPPER = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
-if not HOPPER:
-    pytestmark = [pytest.mark.gpu, pytest.mark.skip(reason="needs a Hopper GPU (sm_90a); none is visible")]
+pytestmark = GPU_MARKS
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 LENGTHS = [1, 63, 64, 1000, 4096, 32768]
