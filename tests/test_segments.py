@@ -6,7 +6,8 @@ import torch.nn.functional as F
 import gdnc
 from gdnc.reference import recurrent
 from gdnc.reference.compare import random_case, relative_error, run_case
-from gdnc.reference.segments import chained_states, segment_summary, segmented, shortcut_bound, split
+from gdnc.reference.segments import (chained_states, segment_summary, segmented, segmented_gradients,
+                                     shortcut_bound, split)
 
 VARIANTS = [n for n in gdnc.variants() if gdnc.classify(gdnc.get_variant(n)).decay != "per-V"]
 
@@ -64,3 +65,26 @@ def test_shortcut_refused_when_its_assumptions_fail(gen):
     assert shortcut_bound(2 * k, beta, tail) is None         # ‖k‖ = 2: β ‖k‖² > 2 somewhere
     assert shortcut_bound(k, 3 * beta + 0.1, tail) is None   # β > 2 somewhere
     assert shortcut_bound(k, -beta, tail) is None            # β < 0: I − β k kᵀ expands
+
+
+@pytest.mark.parametrize("segment_len", [64, 160])
+@pytest.mark.parametrize("name", ["gdn", "delta_rule", "gla"])
+def test_backward_chained_through_transposed_transitions_is_exact(name, segment_len, gen):
+    """The backward split (§5): each segment's state gradient from its own outputs, chained in reverse
+    with Mᵀ, then each segment's gradients from its chained dS_end, equals autograd of the unsplit
+    token-by-token reference — varlen with a length-1 sequence, h0 and a final-state gradient."""
+    rec = gdnc.get_variant(name)
+    case = random_case(rec, T=0, seqlens=[400, 1, 130], generator=gen)
+    leaves = case.leaves()
+    d_o = torch.randn(case.v.shape, dtype=torch.float64, generator=gen)
+    d_final = torch.randn(3, *case.initial_state.shape[1:], dtype=torch.float64, generator=gen)
+    live = {n: x.detach().clone().requires_grad_(True) for n, x in leaves.items()}
+    o, ht = recurrent(rec, live["q"], live["k"], live["v"], initial_state=live["h0"], output_final_state=True,
+                      cu_seqlens=case.cu_seqlens, **{n: live[n] for n in case.inputs})
+    expected = dict(zip(live, torch.autograd.grad((o * d_o).sum() + (ht * d_final).sum(), list(live.values()))))
+    got = segmented_gradients(rec, case.q, case.k, case.v, d_o, segment_len=segment_len, d_final=d_final,
+                              initial_state=case.initial_state, cu_seqlens=case.cu_seqlens, chunk_size=32,
+                              **case.inputs)
+    got["h0"] = got.pop("initial_state")
+    for name_ in expected:
+        assert relative_error(got[name_], expected[name_]) <= 1e-10, name_

@@ -6,7 +6,9 @@ its transition — the product of the per-chunk transitions γ_L (I − Dᵀ A d
 
     S_start(s+1) = M_s S_start(s) + S_ext,s          (exact; keep M in fp32 or better)
 
-gives every segment its starting state, after which all segments run in parallel from it.
+gives every segment its starting state, after which all segments run in parallel from it. The
+backward chains the other way, with the transposed transitions: dS_end(s) = M_{s+1}ᵀ dS_end(s+1) +
+e_{s+1}, e the state gradient a segment's own outputs give its start (``segmented_gradients``).
 M is measured here as the map S ↦ S_end(S) − S_end(0) applied to the identity, with the write
 value zeroed (the write is linear in v for every recurrence of the family); this keeps one
 reference executor for all variants.
@@ -104,6 +106,74 @@ def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial
             outs.append(o)
     final_state = torch.stack(finals) if output_final_state else None
     return torch.cat(outs, 1), final_state
+
+
+def segmented_gradients(rec: Recurrence, q, k, v, d_o, *, segment_len: int, d_final=None, scale=None,
+                        initial_state=None, cu_seqlens=None, chunk_size=CHUNK_SIZE, dtype=torch.float64,
+                        **inputs) -> dict:
+    """The gradients of sum(d_o · o) + sum(d_final · final_state) computed the context-parallel way
+    backward (gdn-math.md §5): every segment's state gradient dS_start from its own outputs alone
+    (e_s, the segments independent of each other), the chain in reverse through the transposed
+    transitions,
+
+        dS_end(s) = M_{s+1}ᵀ dS_end(s+1) + e_{s+1},   dS_end(last) = d_final,
+
+    then every segment's gradients from its chained dS_end (again independent). Same arguments as
+    ``segmented`` (B = 1) plus d_o [1, T, HV, V] and d_final [N, HV, K, V] (None: zero). Returns
+    {"q": dq, "k": dk, "v": dv, <each input>: its gradient, "initial_state": dh0} (dh0 only with an
+    initial_state)."""
+    if q.shape[0] != 1:
+        raise ValueError(f"segmented runs take packed sequences (B = 1), got B = {q.shape[0]}")
+    T, HV, K, V = q.shape[1], v.shape[2], q.shape[3], v.shape[3]
+    seqlens = [0, T] if cu_seqlens is None else cu_seqlens.tolist()
+    tensors = {"q": q, "k": k, "v": v, **inputs}
+    per_token = [n for n, x in tensors.items() if x.dim() > 1]
+    grads = {n: torch.zeros(x.shape, dtype=dtype, device=x.device) for n, x in tensors.items()}
+    dh0 = []
+    for n in range(len(seqlens) - 1):
+        segments = [seg for seg in split(seqlens, segment_len) if seg.sequence == n]
+        pieces = [{name: (x[:, seg.start:seg.end] if name in per_token else x).to(dtype) for name, x in tensors.items()}
+                  for seg in segments]
+        h0 = None if initial_state is None else initial_state[n].to(dtype)
+        summaries = [segment_summary(rec, t["q"], t["k"], t["v"], {m: t[m] for m in inputs}, chunk_size=chunk_size,
+                                     dtype=dtype) for t in pieces]
+        starts, _ = chained_states(summaries, h0)
+
+        def segment_grads(t, start, seg, d_end):
+            """Gradients of one segment run from ``start`` (its inputs and its start state)."""
+            live = {name: x.detach().requires_grad_(True) for name, x in t.items()}
+            state = start.detach()[None].requires_grad_(True)
+            o, end = chunked(rec, live["q"], live["k"], live["v"], scale=scale, initial_state=state,
+                             output_final_state=True, chunk_size=chunk_size, dtype=dtype,
+                             **{m: live[m] for m in inputs})
+            loss = (o * d_o[:, seg.start:seg.end].to(dtype)).sum()
+            if d_end is not None:
+                loss = loss + (end[0] * d_end).sum()
+            found = torch.autograd.grad(loss, [*live.values(), state])
+            return dict(zip(live, found[:-1])), found[-1][0]
+
+        # pass 1, segments independent: e_s, each segment's dS_start from its own outputs
+        local = [segment_grads(t, start, seg, None)[1] for t, start, seg in zip(pieces, starts, segments)]
+        # the chain, in reverse, through the transposed transitions
+        d_end = [None] * len(segments)
+        d_end[-1] = None if d_final is None else d_final[n].to(dtype)
+        for i in range(len(segments) - 2, -1, -1):
+            m_next = summaries[i + 1][1]
+            after = torch.zeros(HV, K, V, dtype=dtype, device=q.device) if d_end[i + 1] is None else d_end[i + 1]
+            d_end[i] = m_next.transpose(-1, -2) @ after + local[i + 1]
+        # pass 2, segments independent again: every gradient from the chained dS_end
+        for i, (t, start, seg) in enumerate(zip(pieces, starts, segments)):
+            found, d_start = segment_grads(t, start, seg, d_end[i])
+            for name, g in found.items():
+                if name in per_token:
+                    grads[name][:, seg.start:seg.end] += g
+                else:
+                    grads[name] += g
+            if i == 0:
+                dh0.append(d_start)
+    if initial_state is not None:
+        grads["initial_state"] = torch.stack(dh0)
+    return grads
 
 
 def non_expansive(k: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
