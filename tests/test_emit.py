@@ -117,8 +117,12 @@ def test_config_checks():
         render(GDN, "gdn_forward", Heads(2, 4, 64, 128), ForwardConfig(block_v=64))
     with pytest.raises(TypeError, match="gdn_forward takes a ForwardConfig, got PrepareConfig"):
         render(GDN, "gdn_forward", Heads(2, 4), PrepareConfig())
-    with pytest.raises(ValueError, match="unknown kernel 'gdn_backward'"):
-        render(GDN, "gdn_backward", Heads(2, 4))
+    with pytest.raises(ValueError, match="unknown kernel 'gdn_bwd'"):
+        render(GDN, "gdn_bwd", Heads(2, 4))
+    with pytest.raises(ValueError, match="the backward kernel is written for K = V = 128 .* got K=128, V=64"):
+        render(GDN, "gdn_backward", Heads(2, 4, 128, 64))
+    with pytest.raises(ValueError, match="BackwardConfig.threads must be 256"):
+        BackwardConfig(threads=128).check(Heads(2, 4))
     with pytest.raises(ValueError, match="block_v must be one of"):
         ForwardConfig(block_v=16).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
