@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import os
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ from gdnc.runtime.buffers import output_allocator
 from gdnc.runtime.backward import run_backward
 from gdnc.runtime.forward import Saved, run_forward
 from gdnc.runtime.kernels import loaded
+from gdnc.runtime.plan import Plan
 from gdnc.runtime.policy import DEFAULT_POLICY, Call, Policy
 
 RECURRENCE = "gdn"  # the built-in recurrence this op computes (gdnc.ir.library)
@@ -83,10 +85,10 @@ class _Run:
     shapes: Shapes
     output_final_state: bool
     cu_seqlens: torch.Tensor | None
-    plan: object
-    kernels: dict
-    empty: object
-    backward_kernels: dict | None = None
+    plan: Plan
+    kernels: dict            # plan.kernels(), loaded
+    empty: Callable          # empty(*shape, dt=): the buffers the kernels write
+    backward_kernels: dict | None = None  # plan.backward_kernels() by role, loaded (calls that need gradients)
 
     def forward(self, q, k, v, g, beta, initial_state):
         return run_forward(q, k, v, g, beta, self.shapes, initial_state, self.output_final_state, self.cu_seqlens,
