@@ -118,6 +118,62 @@ def kernel_vs_reference(rec, q, k, v, g, beta, h0=None, cu_seqlens=None, policy=
     return o, ht, errors, yardstick
 
 
+def _gradients(fn, leaves: dict, weights, use_final: bool) -> dict:
+    """o, the final state and the gradient of sum(w_o · o) + sum(w_h · ht) (the second term only with
+    ``use_final``) with respect to every leaf, by name ("dq", "dh0", ...)."""
+    live = {n: x.detach().clone().requires_grad_(True) for n, x in leaves.items()}
+    o, ht = fn(**live)
+    loss = (o.double() * weights[0]).sum()
+    if use_final:
+        loss = loss + (ht.double() * weights[1]).sum()
+    grads = torch.autograd.grad(loss, list(live.values()))
+    return {"o": o.detach(), "final_state": ht.detach(), **{f"d{n}": g for n, g in zip(live, grads)}}
+
+
+def gradients_vs_reference(rec, q, k, v, g, beta, h0=None, cu_seqlens=None, *, use_final=True, l2norm=False,
+                           policy=None, repeats=1):
+    """Run gdnc.chunk_gated_delta_rule with gradients ``repeats`` times and measure it: relative errors of o,
+    the final state and every gradient (dq, dk, dv, dg, dbeta, dh0) against float64 autograd of the
+    chunked reference, and the yardstick — the same errors of the chunked reference run as the kernels
+    run it (operands rounded to q's dtype, fp32 accumulation, autograd through the rounding). The loss
+    is a random linear function of o (and of the final state with ``use_final``). Returns (runs: the
+    op's results of each repeat by name, errors, yardstick, fallback warnings the op gave)."""
+    import warnings
+
+    import torch.nn.functional as F
+
+    from gdnc.reference.compare import relative_error
+    from gdnc.runtime.ops import chunk_gated_delta_rule
+
+    leaves = {"q": q, "k": k, "v": v, "g": g, "beta": beta, **({} if h0 is None else {"h0": h0})}
+
+    def op(q, k, v, g, beta, h0=None):
+        return chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
+                                      cu_seqlens=cu_seqlens, use_qk_l2norm_in_kernel=l2norm, policy=policy)
+
+    def reference(dtype, operand_dtype):
+        def run(q, k, v, g, beta, h0=None):
+            if l2norm:
+                q, k = F.normalize(q.to(dtype), dim=-1), F.normalize(k.to(dtype), dim=-1)
+            return chunked(rec, q.to(dtype), k.to(dtype), v.to(dtype), g=g.to(dtype), beta=beta.to(dtype),
+                           initial_state=None if h0 is None else h0.to(dtype), output_final_state=True,
+                           cu_seqlens=cu_seqlens, dtype=dtype, operand_dtype=operand_dtype)
+        return run
+
+    N = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    weights = (torch.randn(v.shape, device=v.device, dtype=torch.float64),
+               torch.randn(N, v.shape[2], q.shape[3], v.shape[3], device=v.device, dtype=torch.float64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # every fallback shows, not only a call site's first
+        runs = [_gradients(op, leaves, weights, use_final) for _ in range(repeats)]
+    fallbacks = [str(w.message) for w in caught if "using the chunked reference" in str(w.message)]
+    exact = _gradients(reference(torch.float64, None), leaves, weights, use_final)
+    emulated = _gradients(reference(torch.float32, q.dtype), leaves, weights, use_final)
+    errors = {n: relative_error(runs[0][n], exact[n]) for n in exact}
+    yardstick = {n: relative_error(emulated[n].to(runs[0][n].dtype), exact[n]) for n in exact}
+    return runs, errors, yardstick, fallbacks
+
+
 def _run_on_gpu(rec, heads, T):
     import torch.nn.functional as F
 
@@ -130,6 +186,11 @@ def _run_on_gpu(rec, heads, T):
     h0 = torch.randn(1, heads.h_v, heads.k_dim, heads.v_dim, device=dev)
     _, _, err, yard = kernel_vs_reference(rec, q, k, v, g, beta, h0)
     ok = all(err[n] <= 2 * yard[n] + 1e-6 for n in err)
-    return ok, (f"{'PASS' if ok else 'FAIL'} on {torch.cuda.get_device_name()}: T={T}, o error {err['o']:.1e} "
-                f"(bf16-operand reference {yard['o']:.1e}), final state {err['final_state']:.1e} "
-                f"({yard['final_state']:.1e})")
+    _, grad_err, grad_yard, fallbacks = gradients_vs_reference(rec, q, k, v, g, beta, h0)
+    grads_ok = not fallbacks and all(grad_err[n] <= 2 * grad_yard[n] + 1e-6 for n in grad_err)
+    worst = max(grad_err, key=lambda n: grad_err[n] / max(grad_yard[n], 1e-12))
+    return ok and grads_ok, (
+        f"{'PASS' if ok else 'FAIL'} on {torch.cuda.get_device_name()}: T={T}, o error {err['o']:.1e} "
+        f"(bf16-operand reference {yard['o']:.1e}), final state {err['final_state']:.1e} ({yard['final_state']:.1e})\n"
+        f"{'PASS' if grads_ok else 'FAIL'} backward: {len(grad_err) - 2} gradients, the furthest from its yardstick "
+        f"{worst} {grad_err[worst]:.1e} ({grad_yard[worst]:.1e})" + (f"; fell back: {fallbacks[0]}" if fallbacks else ""))

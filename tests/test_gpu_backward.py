@@ -8,7 +8,6 @@ kernels may be at most FACTOR times as far from float64. Gradient buffers are po
 every run, inputs are fresh random each run.
 """
 import os
-import warnings
 
 import pytest
 import torch
@@ -17,8 +16,7 @@ import torch.nn.functional as F
 import gdnc
 from conftest import GPU_MARKS, write_gpu_report
 from gdnc.emit.config import Heads
-from gdnc.reference.chunked_form import chunked
-from gdnc.reference.compare import relative_error
+from gdnc.check import gradients_vs_reference
 from gdnc.runtime.policy import DEFAULT_POLICY
 
 pytestmark = GPU_MARKS
@@ -61,57 +59,19 @@ def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, dtype=torch.bfloat16,
     return q, k, v, g, beta, state
 
 
-def gradients(fn, leaves: dict, weights, use_final):
-    """o, the final state and the gradient of sum(w_o o) + sum(w_h ht) (the second only with
-    ``use_final``) with respect to every leaf, by name."""
-    live = {n: x.detach().clone().requires_grad_(True) for n, x in leaves.items()}
-    o, ht = fn(**live)
-    loss = (o.double() * weights[0]).sum()
-    if use_final:
-        loss = loss + (ht.double() * weights[1]).sum()
-    grads = torch.autograd.grad(loss, list(live.values()))
-    return {"o": o.detach(), "final_state": ht.detach(), **{f"d{n}": g for n, g in zip(live, grads)}}
-
-
 def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None, repeat=False):
     """The op's outputs and gradients against float64, within FACTOR of the yardstick; returns both."""
-    leaves = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
-    if h0 is not None:
-        leaves["h0"] = h0
-
-    def op(q, k, v, g, beta, h0=None):
-        return gdnc.chunk_gated_delta_rule(q, k, v, g, beta, initial_state=h0, output_final_state=True,
-                                           cu_seqlens=cu, use_qk_l2norm_in_kernel=l2norm, policy=policy)
-
-    def reference(dtype, operand_dtype):
-        def run(q, k, v, g, beta, h0=None):
-            if l2norm:
-                q, k = F.normalize(q.to(dtype), dim=-1), F.normalize(k.to(dtype), dim=-1)
-            return chunked(GDN, q.to(dtype), k.to(dtype), v.to(dtype), g=g.to(dtype), beta=beta.to(dtype),
-                           initial_state=None if h0 is None else h0.to(dtype), output_final_state=True,
-                           cu_seqlens=cu, dtype=dtype, operand_dtype=operand_dtype)
-        return run
-
-    N = 1 if cu is None else cu.numel() - 1
-    weights = (torch.randn(v.shape, device="cuda", dtype=torch.float64),
-               torch.randn(N, v.shape[2], 128, 128, device="cuda", dtype=torch.float64))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = gradients(op, leaves, weights, dht)
-        again = gradients(op, leaves, weights, dht) if repeat else None
-    fallbacks = [str(w.message) for w in caught if "using the chunked reference" in str(w.message)]
+    runs, err, yard, fallbacks = gradients_vs_reference(GDN, q, k, v, g, beta, h0, cu, use_final=dht, l2norm=l2norm,
+                                                        policy=policy, repeats=2 if repeat else 1)
     assert not fallbacks, f"the op did not run the kernels: {fallbacks}"
-    exact = gradients(reference(torch.float64, None), leaves, weights, dht)
-    emulated = gradients(reference(torch.float32, q.dtype), leaves, weights, dht)
-    err = {n: relative_error(got[n], exact[n]) for n in exact}
-    yard = {n: relative_error(emulated[n].to(got[n].dtype), exact[n]) for n in exact}
     RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard})
-    for name in exact:
+    got = runs[0]
+    for name in err:
         assert torch.isfinite(got[name]).all(), f"{name} has NaN/inf: an element was not written or overflowed"
         assert err[name] <= FACTOR * yard[name] + 1e-6, f"{name}: kernel {err[name]:.2e} vs yardstick {yard[name]:.2e}"
     if repeat:
         for name in got:
-            assert torch.equal(got[name], again[name]), f"{name} differs between two identical runs"
+            assert torch.equal(got[name], runs[1][name]), f"{name} differs between two identical runs"
     return err, yard
 
 

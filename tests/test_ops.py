@@ -175,3 +175,19 @@ def test_a_launch_binds_its_arguments_by_name():
     assert got == [(1, 2, 3, 4)]
     with pytest.raises(TypeError, match=r"cp_chain: missing arguments \['exact'\], unknown arguments \['exactly'\]"):
         chain(states=1, transition=2, exactly=3, initial_state=4)
+
+
+def test_gradients_vs_reference_measures_every_gradient_by_name():
+    """gdnc.check.gradients_vs_reference (the GPU backward tests' and `gdnc check`'s measure), here on
+    the CPU fallback: every output and gradient by name, near float64, the fallback reported, and two
+    runs of the same call the same bits."""
+    from gdnc.check import gradients_vs_reference
+
+    q, k, v, g, beta, state = inputs(200, 2, 4, 16, 16, dtype=torch.float32, N=2)
+    cu = torch.tensor([0, 77, 200])
+    runs, err, yard, fallbacks = gradients_vs_reference(GDN, q, k, v, g, beta, state, cu, repeats=2)
+    assert set(err) == set(yard) == {"o", "final_state", "dq", "dk", "dv", "dg", "dbeta", "dh0"}
+    assert max(err.values()) < 1e-4 and fallbacks and "no CUDA tensors" in fallbacks[0]
+    assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
+    _, err_no_final, _, _ = gradients_vs_reference(GDN, q, k, v, g, beta, None, cu, use_final=False)
+    assert "dh0" not in err_no_final and err_no_final["dq"] < 1e-4
