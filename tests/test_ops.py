@@ -191,3 +191,30 @@ def test_gradients_vs_reference_measures_every_gradient_by_name():
     assert all(torch.equal(runs[0][n], runs[1][n]) for n in runs[0])
     _, err_no_final, _, _ = gradients_vs_reference(GDN, q, k, v, g, beta, None, cu, use_final=False)
     assert "dh0" not in err_no_final and err_no_final["dq"] < 1e-4
+
+
+def test_l2_normalize_matches_f_normalize_and_keeps_only_its_result_and_a_norm():
+    """use_qk_l2norm_in_kernel's normalisation: F.normalize's values and gradients (float64
+    gradcheck, clamped rows included; bf16 to rounding), and its backward keeps the normalised rows
+    themselves (the tensor the op saves anyway) and an fp32 norm a row, not an fp32 copy of x."""
+    from gdnc.reference.compare import relative_error
+    from gdnc.runtime.l2norm import l2_normalize
+
+    x = torch.randn(3, 5, 2, 16, dtype=torch.float64)
+    x[0, 0, 0] = 0.0  # a clamped row: F.normalize's gradient there is 1/eps, no projection
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(l2_normalize, (x[1:],))
+    d = torch.randn_like(x)
+    (ours,) = torch.autograd.grad(l2_normalize(x), x, d)
+    (theirs,) = torch.autograd.grad(F.normalize(x, dim=-1), x, d)
+    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+    xb = torch.randn(4, 70, 2, 128).bfloat16().requires_grad_(True)
+    out = l2_normalize(xb)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), F.normalize(xb.float(), dim=-1), atol=4e-3)
+    saved = out.grad_fn.saved_tensors
+    assert saved[0].data_ptr() == out.data_ptr() and saved[1].dtype == torch.float32 and saved[1].shape[-1] == 1
+    assert sum(t.numel() * t.element_size() for t in saved[1:]) <= 5 * xb.shape[:-1].numel()
+    db = torch.randn_like(xb)
+    (ours,) = torch.autograd.grad(out, xb, db)
+    (theirs,) = torch.autograd.grad(F.normalize(xb.float(), dim=-1), xb, db.float())
+    assert relative_error(ours, theirs) < 1e-2

@@ -6,10 +6,10 @@ of value heads in a fixed order, so gradients are bitwise repeatable.
 What the forward keeps for it (gdnc.runtime.forward.Saved) is what FlashQLA keeps: q, k, v, β, the
 cumulative log2 gate, the gate-free inverse A and h0. Per token and value head, in bf16 with
 G = HV / H: 4·K/G bytes of q and k, 2·V of v, 2·C of A, 8 of β and the gate — 512/G + 392 at
-K = V = 128. (With use_qk_l2norm_in_kernel autograd also keeps the unnormalised q and k, 512/G
-more; FlashQLA keeps a norm per row instead.) The chunk states are recomputed and live only
-during the backward (2·K·V bytes a chunk and value head). Everything runs on the device with
-shapes the host knows: a backward can be captured in a CUDA graph.
+K = V = 128; with use_qk_l2norm_in_kernel, 5 bytes more a q/k row (gdnc.runtime.l2norm: an fp32
+norm and a flag; the normalised rows are the q and k saved here). The chunk states are recomputed
+and live only during the backward (2·K·V bytes a chunk and value head). Everything runs on the
+device with shapes the host knows: a backward can be captured in a CUDA graph.
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ import warnings
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
 from gdnc.emit.cache import library_signature
 from gdnc.emit.config import Heads
@@ -34,6 +33,7 @@ from gdnc.runtime.buffers import output_allocator
 from gdnc.runtime.backward import run_backward
 from gdnc.runtime.forward import Saved, run_forward
 from gdnc.runtime.kernels import loaded
+from gdnc.runtime.l2norm import l2_normalize
 from gdnc.runtime.plan import Plan
 from gdnc.runtime.policy import DEFAULT_POLICY, Call, Policy
 
@@ -60,9 +60,9 @@ def chunk_gated_delta_rule(q, k, v, g, beta, scale=None, initial_state=None, out
     shapes = check_arguments(library_signature(RECURRENCE), q, k, v, scale=scale, initial_state=initial_state,
                              cu_seqlens=cu_seqlens, inputs={"g": g, "beta": beta})
     if use_qk_l2norm_in_kernel:
-        # normalised in fp32 before the kernels (not yet fused into them)
-        q = F.normalize(q.float(), dim=-1).to(q.dtype)
-        k = F.normalize(k.float(), dim=-1).to(k.dtype)
+        # normalised in fp32 before the kernels (not yet fused into them); the backward keeps the
+        # normalised rows (saved for the kernels anyway) and a norm a row, as FlashQLA does
+        q, k = l2_normalize(q), l2_normalize(k)
     reason = _unsupported(q, k, v, shapes)
     if reason is not None:
         return _fallback(reason, q, k, v, g, beta, shapes, initial_state, output_final_state, cu_seqlens)
