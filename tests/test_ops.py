@@ -218,3 +218,19 @@ def test_l2_normalize_matches_f_normalize_and_keeps_only_its_result_and_a_norm()
     (ours,) = torch.autograd.grad(out, xb, db)
     (theirs,) = torch.autograd.grad(F.normalize(xb.float(), dim=-1), xb, db.float())
     assert relative_error(ours, theirs) < 1e-2
+
+
+def test_state_slots_follow_gdn_prepares_layout():
+    """The backward's states rows: sequence n's chunk c at cu[n] // C + n + c, inside T // C + N rows,
+    every chunk its own row (gdn_prepare's slot layout, test_prepare_finds_every_chunk_from_the_offsets)."""
+    import math
+
+    from gdnc.ir.program import CHUNK_SIZE
+    from gdnc.runtime.backward import state_slots
+
+    for lengths in ([1], [64, 65], [1000, 1, 2000, 64, 130], [63] * 9):
+        cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32)
+        slots = state_slots(cu)
+        assert slots.dtype == torch.int32 and slots.tolist() == [int(cu[n]) // CHUNK_SIZE + n for n in range(len(cu))]
+        rows = [int(slots[n]) + c for n, length in enumerate(lengths) for c in range(math.ceil(length / CHUNK_SIZE))]
+        assert len(set(rows)) == len(rows) and max(rows) < int(cu[-1]) // CHUNK_SIZE + len(lengths)
