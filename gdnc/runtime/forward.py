@@ -34,6 +34,7 @@ class Saved:
     cu_seqlens: torch.Tensor
 
     def tensors(self) -> tuple:
+        """The fields in order (what autograd's save_for_backward keeps; Saved(*tensors) restores them)."""
         return tuple(getattr(self, f.name) for f in dataclasses.fields(self))
 
 
@@ -68,7 +69,7 @@ def prepare(kernel, k, g, beta, s: Shapes, cu_seqlens, empty) -> dict[str, torch
 def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: bool, cu_seqlens, plan: Plan,
                 kernels: dict, empty):
     """o [B, T, HV, V], the final state [N, HV, K, V] (None unless ``output_final_state``) and what the
-    backward reads (gdnc.runtime.backward.Saved) of a checked call ``s`` on the kernels of ``plan``:
+    backward reads (Saved) of a checked call ``s`` on the kernels of ``plan``:
     ``kernels`` holds each of plan.kernels() loaded (gdnc.runtime.kernels; all before the first
     launch, which a captured call needs), ``empty(*shape, dt=)`` makes the output buffers."""
     device, dtype = q.device, q.dtype
