@@ -4,6 +4,7 @@ import shutil
 import pytest
 import torch
 
+from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
 from gdnc.emit.config import FORWARD_WIDTHS, BackwardConfig, ForwardConfig, Heads, PrepareConfig
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
@@ -52,7 +53,7 @@ def nvcc_cases() -> list[tuple[str, Heads, object]]:
               ("gdn_prepare", mixed, PrepareConfig(order="head")),
               ("gdn_prepare", mixed, PrepareConfig(heads_per_cta=3, order="head"))]
     cases += [(kernel, Heads(*h), None) for h in ((2, 8), (16, 48), (16, 64)) for kernel in ("cp_plan", "cp_chain")]
-    cases += [("gdn_backward", Heads(*h), BackwardConfig()) for h in ((16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64))]
+    cases += [("gdn_backward", Heads(*h), BackwardConfig()) for h in BACKWARD_HEAD_CONFIGS]
     cases += [("gdn_forward", two_eight, ForwardConfig(block_v=64, store_states=True))]
     return list(dict.fromkeys(cases))
 
@@ -101,4 +102,31 @@ def write_gpu_report(variable: str, cases: list) -> None:
                 "tilelang": __import__("tilelang").__version__, "gdnc": gdnc.__version__}
         with open(path, "w") as f:
             json.dump({"meta": meta, "cases": cases}, f, indent=1)
+
+
+def offsets(lengths):
+    """cu_seqlens [N + 1] int32 on the GPU for sequences of these lengths."""
+    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
+
+
+def gpu_inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=torch.bfloat16, beta_max=1.0,
+               k_norm=1.0):
+    """Fresh random GPU inputs (q, k, v, g, beta, h0 or None) in FLA's layouts: q, k L2-normalised (k scaled
+    to ``k_norm``), g = logsigmoid(randn) ("strong": about −30 a token; "mixed": half the heads 0, half
+    −30), beta uniform in [0, beta_max)."""
+    import torch.nn.functional as F
+
+    dev = "cuda"
+    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
+    k = (k_norm * F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1)).to(dtype)
+    v = torch.randn(B, T, HV, V, device=dev).to(dtype)
+    g = F.logsigmoid(torch.randn(B, T, HV, device=dev))
+    if gates == "strong":
+        g = -30.0 + torch.randn(B, T, HV, device=dev).clamp(-3, 3)
+    elif gates == "mixed":  # half the heads without decay, the others strong
+        g[..., ::2] = 0.0
+        g[..., 1::2] = -30.0
+    beta = beta_max * torch.rand(B, T, HV, device=dev)
+    state = torch.randn(N, HV, K, V, device=dev) if h0 else None
+    return q, k, v, g, beta, state
 

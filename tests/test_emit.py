@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import gdnc
+from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
 from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.registry import FIXED_DIMS, KERNELS
 from gdnc.emit.render import render
@@ -253,11 +254,8 @@ def test_the_registry_declares_each_kernels_signature(kernel, heads, config):
                 assert dim not in FIXED_DIMS and dim == size.name, (param.name, dim)
 
 
-BACKWARD_HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64)]  # gdnc bench --backward's
-
-
 @pytest.mark.nvcc
-@pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEADS)
+@pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEAD_CONFIGS)
 def test_backward_lowers_and_builds(h_qk, h_v, built):
     """gdn_backward for every head configuration of the backward benchmark: the program's check passes,
     it lowers for sm_90a, and nvcc builds it with wgmma and TMA loads on 256 threads, no spills (dS

@@ -11,17 +11,17 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gdnc
-from conftest import GPU_MARKS, write_gpu_report
+from conftest import GPU_MARKS, offsets, write_gpu_report
+from conftest import gpu_inputs as inputs
+from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
 from gdnc.emit.config import Heads
 from gdnc.check import gradients_vs_reference
 from gdnc.runtime.policy import DEFAULT_POLICY
 
 pytestmark = GPU_MARKS
 
-BACKWARD_HEADS = [(16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64)]
 FACTOR = 2.0
 GDN = gdnc.get_variant("gdn")
 RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT_BACKWARD (JSON) when that is set
@@ -35,28 +35,8 @@ def report():
 
 def kernels_used() -> list:
     """Every (kernel, heads, config) these tests may load, to build on a machine without a GPU."""
-    heads = [Heads(hq, hv) for hq, hv in BACKWARD_HEADS] + [Heads(2, 4, dtype="float16")]
+    heads = [Heads(hq, hv) for hq, hv in BACKWARD_HEAD_CONFIGS] + [Heads(2, 4, dtype="float16")]
     return list(dict.fromkeys((kernel, h, config) for h in heads for kernel, config in DEFAULT_POLICY.candidates(h)))
-
-
-def offsets(lengths):
-    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
-
-
-def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, dtype=torch.bfloat16, beta_max=1.0, k_norm=1.0):
-    dev, K, V = "cuda", 128, 128
-    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
-    k = (k_norm * F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1)).to(dtype)
-    v = torch.randn(B, T, HV, V, device=dev).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, HV, device=dev))
-    if gates == "strong":
-        g = -30.0 + torch.randn(B, T, HV, device=dev).clamp(-3, 3)
-    elif gates == "mixed":  # half the heads without decay, the others strong
-        g[..., ::2] = 0.0
-        g[..., 1::2] = -30.0
-    beta = beta_max * torch.rand(B, T, HV, device=dev)
-    state = torch.randn(N, HV, K, V, device=dev) if h0 else None
-    return q, k, v, g, beta, state
 
 
 def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None, repeat=False):
@@ -76,7 +56,7 @@ def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None,
 
 
 @pytest.mark.parametrize("T", [1, 63, 64, 1000, 4096])
-@pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEADS)
+@pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEAD_CONFIGS)
 def test_backward_matches_float64(h_qk, h_v, T):
     check(*inputs(T, h_qk, h_v))
 

@@ -9,10 +9,10 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import gdnc
-from conftest import GPU_MARKS, write_gpu_report
+from conftest import GPU_MARKS, offsets, write_gpu_report
+from conftest import gpu_inputs as inputs
 from gdnc.check import kernel_vs_reference
 from gdnc.emit.config import DEFAULT_REGISTERS, Heads
 from gdnc.runtime.kernels import loaded
@@ -47,27 +47,6 @@ def kernels_used() -> list:
     runs += [(Heads(hq, hv, dtype="float16"), DEFAULT_POLICY) for hq, hv in ((2, 8), (16, 64))]
     return list(dict.fromkeys((kernel, heads, config) for heads, policy in runs
                               for kernel, config in policy.candidates(heads)))
-
-
-def offsets(lengths):
-    """cu_seqlens [N + 1] int32 on the GPU for sequences of these lengths."""
-    return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), device="cuda", dtype=torch.int32)
-
-
-def inputs(T, H, HV, *, B=1, N=1, gates="normal", h0=True, K=128, V=128, dtype=torch.bfloat16):
-    dev = "cuda"
-    q = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
-    k = F.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dtype)
-    v = torch.randn(B, T, HV, V, device=dev).to(dtype)
-    g = F.logsigmoid(torch.randn(B, T, HV, device=dev))
-    if gates == "strong":
-        g = -30.0 + torch.randn(B, T, HV, device=dev).clamp(-3, 3)
-    elif gates == "mixed":  # half the heads without decay, the others strong
-        g[..., ::2] = 0.0
-        g[..., 1::2] = -30.0
-    beta = torch.rand(B, T, HV, device=dev)
-    state = torch.randn(N, HV, K, V, device=dev) if h0 else None
-    return q, k, v, g, beta, state
 
 
 def check(q, k, v, g, beta, h0, cu=None, factor=2.0, policy=None):
