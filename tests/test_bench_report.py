@@ -295,19 +295,20 @@ def test_backward_benchmark_shapes_floor_and_table():
     """gdnc bench --backward's parts that need no GPU: anchors.md's 48 shapes, a floor that grows
     with the work, and a table that reads the per-provider cells, errors and ratios."""
     from gdnc.bench import backward
+    from gdnc.bench.shapes import backward_shapes
 
-    shapes = backward.shapes()
-    assert len(shapes) == 48 and len({s["name"] for s in shapes}) == 48 and shapes[0]["name"] == "h16-32_1x8192"
-    assert shapes[4]["name"] == "h16-32_1x32768"
+    shapes = backward_shapes()
+    assert len(shapes) == 48 and len({s.name for s in shapes}) == 48 and shapes[0].name == "h16-32_1x8192"
+    assert shapes[4].name == "h16-32_1x32768"
     short, long = (backward.floor(s, gemm=7e14, copy=3e12) for s in (shapes[0], shapes[4]))
     assert 3.5 < long["fwd_bwd_ms"] / short["fwd_bwd_ms"] < 4.5 and short["bwd_ms"] < short["fwd_bwd_ms"]
     cell = {"fwd_bwd_ms": 2.0, "bwd_ms": 1.5, "peak_bytes": 2**30, "method": "cuda_graph", "note": ""}
     results = {"date": "2026-12-07", "device": {"name": "GPU"}, "providers": [("gdnc", True, "kernels"),
                ("FlashQLA", True, "flash_qla"), ("FLA", False, "import failed")],
-               "shapes": [{**shapes[0], "floor": short, "gdnc_vs_flashqla": {"dq": 2e-3, "dg": 3e-3},
+               "shapes": [{"name": shapes[0].name, "floor": short, "gdnc_vs_flashqla": {"dq": 2e-3, "dg": 3e-3},
                            "providers": {"gdnc": cell, "FlashQLA": {**cell, "fwd_bwd_ms": 3.0}}},
-                          {**shapes[4], "floor": long, "providers": {"gdnc": {"error": "RuntimeError: boom"},
-                                                                     "FlashQLA": cell}}]}
+                          {"name": shapes[4].name, "floor": long, "providers": {"gdnc": {"error": "RuntimeError: boom"},
+                                                                               "FlashQLA": cell}}]}
     table = backward.markdown(results)
     assert "| h16-32_1x8192 | 2.000 / 1.500 | 3.000 / 1.500 | 1.50 | — |" in table
     assert "RuntimeError: boom" in table and "3.0e-03" in table and "1024/1024" in table

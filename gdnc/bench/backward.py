@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import fnmatch
 import functools
 import json
 import math
@@ -23,19 +22,15 @@ from pathlib import Path
 
 import torch
 
+from gdnc.ir.program import CHUNK_SIZE
+
+from . import roofline
 from . import run as forward_bench
+from .shapes import HEAD_DIM, Shape, backward_shapes, make_inputs, select
 from .timing import measure_copy_bandwidth, measure_gemm_rate, time_calls
 
-HEAD_CONFIGS = ((16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64))
-TOKENS = (8192, 32768)
-SEQUENCES = (1, 2, 4, 8)
 GRADIENTS = ("dq", "dk", "dv", "dg", "dbeta", "dh0")
-K = V = 128
-
-
-def shapes() -> list[dict]:
-    return [{"name": f"h{hq}-{hv}_{n}x{tokens // n}", "h_qk": hq, "h_v": hv, "seqs": n, "tokens": tokens}
-            for hq, hv in HEAD_CONFIGS for tokens in TOKENS for n in SEQUENCES]
+LEAVES = ("q", "k", "v", "g", "beta", "initial_state")  # make_inputs' names of what is differentiated
 
 
 PROVIDERS = ("gdnc", "FlashQLA", "FLA")
@@ -68,27 +63,23 @@ def providers(names=PROVIDERS) -> list[tuple[str, object, str]]:
     return found
 
 
-def inputs(shape: dict, generator: torch.Generator) -> dict:
-    T, H, HV, N = shape["tokens"], shape["h_qk"], shape["h_v"], shape["seqs"]
-
-    def randn(*size):
-        return torch.randn(*size, generator=generator, device="cuda")
-
-    F = torch.nn.functional
-    return {"q": F.normalize(randn(1, T, H, K), dim=-1).bfloat16(), "k": F.normalize(randn(1, T, H, K), dim=-1).bfloat16(),
-            "v": randn(1, T, HV, V).bfloat16(), "g": F.logsigmoid(randn(1, T, HV)), "beta": torch.sigmoid(randn(1, T, HV)),
-            "h0": randn(N, HV, K, V), "do": randn(1, T, HV, V).bfloat16(), "dht": randn(N, HV, K, V),
-            "cu": torch.arange(N + 1, device="cuda", dtype=torch.int32) * (T // N)}
+def inputs(shape: Shape, generator: torch.Generator) -> dict:
+    """The forward bench's inputs (gdnc.bench.shapes.make_inputs) and the output gradients do, dht."""
+    x = make_inputs(shape, generator)
+    x["do"] = torch.randn(x["v"].shape, generator=generator, device="cuda").bfloat16()
+    x["dht"] = torch.randn(x["initial_state"].shape, generator=generator, device="cuda")
+    return x
 
 
 def _autograd_step(fn, x: dict, retain: bool = False):
     """Leaves, and a function running forward + backward (or, with ``retain``, the backward alone of
     one forward kept): the gradients of sum(do·o) + sum(dht·ht) in q, k, v, g, beta, h0."""
-    leaves = [x[n].detach().clone().requires_grad_(True) for n in ("q", "k", "v", "g", "beta", "h0")]
+    leaves = [x[n].detach().clone().requires_grad_(True) for n in LEAVES]
 
     def forward():
         q, k, v, g, beta, h0 = leaves
-        return fn(q=q, k=k, v=v, g=g, beta=beta, initial_state=h0, output_final_state=True, cu_seqlens=x["cu"])
+        return fn(q=q, k=k, v=v, g=g, beta=beta, initial_state=h0, output_final_state=True,
+                  cu_seqlens=x["cu_seqlens"])
 
     if retain:
         outputs = forward()
@@ -107,16 +98,15 @@ def _macs() -> dict:
     return {name: cost(getattr(programs, name)).tc_macs for name in ("forward", "state", "backward")}
 
 
-def floor(shape: dict, gemm: float, copy: float) -> dict:
-    """The floor of forward + backward and of the backward alone, in ms."""
+def floor(shape: Shape, gemm: float, copy: float) -> dict:
+    """The floor of forward + backward and of the backward alone, in ms. The backward reads the
+    forward's inputs and the gradients of its outputs and writes a gradient of every input."""
     macs = _macs()
-    chunks = sum(math.ceil(shape["tokens"] / shape["seqs"] / 64) for _ in range(shape["seqs"]))
-    per_chunk = 2 * chunks * shape["h_v"]
-    T, H, HV, N = shape["tokens"], shape["h_qk"], shape["h_v"], shape["seqs"]
-    state = N * HV * K * V * 4
-    inputs_bytes = T * (2 * H * K * 2 + HV * V * 2 + 2 * HV * 4) + state  # q, k, v, g, β, h0
-    forward_bytes = inputs_bytes + T * HV * V * 2 + state  # + o, ht
-    backward_bytes = inputs_bytes + T * HV * V * 2 + state + inputs_bytes  # + do, dht, then every gradient
+    per_chunk = 2 * shape.chunks(CHUNK_SIZE) * shape.h_v  # FLOPs a multiply-add, over every chunk and value head
+    forward_bytes = roofline.hbm_bytes(shape)  # inputs read, o and the final state written
+    outputs_bytes = shape.tokens * shape.h_v * HEAD_DIM * roofline.BF16 + \
+        shape.n_seqs * shape.h_v * HEAD_DIM * HEAD_DIM * roofline.FP32
+    backward_bytes = forward_bytes + (forward_bytes - outputs_bytes)
     backward_flops = per_chunk * (macs["state"] + macs["backward"])
     bwd = max(backward_flops / gemm, backward_bytes / copy) * 1e3
     both = max((backward_flops + per_chunk * macs["forward"]) / gemm, (forward_bytes + backward_bytes) / copy) * 1e3
@@ -128,9 +118,10 @@ def _rel(x, ref) -> float:
     return ((x - ref).norm() / ref.norm()).item() if ref.norm() > 0 else (x - ref).norm().item()
 
 
-def run_shape(shape: dict, found: list, ceilings: dict, seed: int) -> dict:
+def run_shape(shape: Shape, found: list, ceilings: dict, seed: int) -> dict:
     x = inputs(shape, torch.Generator(device="cuda").manual_seed(seed))
-    record = {**shape, "floor": floor(shape, ceilings["gemm"], ceilings["copy"]), "providers": {}}
+    record = {"name": shape.name, "h_qk": shape.h_qk, "h_v": shape.h_v, "seq_lens": list(shape.seq_lens),
+              "floor": floor(shape, ceilings["gemm"], ceilings["copy"]), "providers": {}}
     grads = {}
     for name, fn, _ in found:
         if fn is None:
@@ -191,14 +182,15 @@ def markdown(results: dict) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="gdnc bench --backward", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", default="*", help="comma-separated glob patterns over shape names (h16-32_1x8192)")
+    parser.add_argument("--shapes", default=None, help="comma-separated glob patterns over shape names (h16-32_1x8192)")
     parser.add_argument("--out", type=Path, required=True, help="results folder (results.json, results.md)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=PROVIDERS)
     args = parser.parse_args(argv)
-    chosen = [s for s in shapes() if any(fnmatch.fnmatch(s["name"], p) for p in args.shapes.split(","))]
-    if not chosen:
-        parser.error(f"--shapes {args.shapes!r} selects none of the {len(shapes())} shapes")
+    try:
+        chosen = select(backward_shapes(), args.shapes)
+    except ValueError as error:
+        parser.error(str(error))
     found = providers(args.providers)
     ceilings = {"gemm": measure_gemm_rate()["flops_per_s"], "copy": measure_copy_bandwidth()["bytes_per_s"]}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +200,7 @@ def main(argv=None) -> int:
     for shape in chosen:
         results["shapes"].append(run_shape(shape, found, ceilings, args.seed))
         r = results["shapes"][-1]
-        print(shape["name"], {n: c.get("fwd_bwd_ms", c.get("error")) for n, c in r["providers"].items()}, flush=True)
+        print(shape.name, {n: c.get("fwd_bwd_ms", c.get("error")) for n, c in r["providers"].items()}, flush=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     (args.out / "results.md").write_text(markdown(results))
     print(markdown(results))

@@ -38,6 +38,12 @@ TOKEN_MIXES = (
 QUICK_HEAD_CONFIGS = ((2, 8), (16, 32))
 QUICK_TOKEN_MIXES = ((4096,), (32768,), (28672, 4096), (8192,) * 4, (1024,) * 8)
 
+# The backward shapes of anchors.md (gdnc bench --backward): these head configurations × 8K and 32K
+# tokens × 1, 2, 4, 8 equal sequences.
+BACKWARD_HEAD_CONFIGS = ((16, 32), (8, 16), (4, 8), (2, 4), (16, 48), (16, 64))
+BACKWARD_TOKENS = (8192, 32768)
+BACKWARD_SEQUENCES = (1, 2, 4, 8)
+
 # The float64 check runs on single sequences of this length: long enough to cross 64 chunks,
 # short enough for a float64 reference on the GPU.
 FLOAT64_CHECK_TOKENS = 4096
@@ -92,6 +98,12 @@ def forward_shapes(quick: bool = False) -> list[Shape]:
     heads = QUICK_HEAD_CONFIGS if quick else HEAD_CONFIGS
     mixes = QUICK_TOKEN_MIXES if quick else TOKEN_MIXES
     return [Shape(h_qk, h_v, mix) for h_qk, h_v in heads for mix in mixes]
+
+
+def backward_shapes() -> list[Shape]:
+    """The backward table (48 shapes), grouped by head configuration."""
+    return [Shape(h_qk, h_v, (tokens // n,) * n) for h_qk, h_v in BACKWARD_HEAD_CONFIGS
+            for tokens in BACKWARD_TOKENS for n in BACKWARD_SEQUENCES]
 
 
 def select(shapes: list[Shape], patterns: str | None) -> list[Shape]:
