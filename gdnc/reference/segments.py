@@ -48,8 +48,19 @@ def split(seqlens: list[int], segment_len: int) -> list[Segment]:
             for s in range(a, b, segment_len)]
 
 
-def _slice(case_tensors: dict, start: int, end: int) -> dict:
-    return {name: x[:, start:end] for name, x in case_tensors.items()}
+def _pieces(tensors: dict, segments: list[Segment]) -> list[dict]:
+    """Each segment's arguments by name: the per-token tensors ([1, T, ...]) cut to its tokens, the
+    per-head ones ([HV]) whole."""
+    return [{name: x[:, seg.start:seg.end] if x.dim() > 1 else x for name, x in tensors.items()} for seg in segments]
+
+
+def _chain(rec: Recurrence, pieces: list[dict], h0, chunk_size: int, dtype):
+    """(summaries, start states, end state) of one sequence's segments, given their arguments."""
+    summaries = [segment_summary(rec, t["q"], t["k"], t["v"],
+                                 {n: x for n, x in t.items() if n not in ("q", "k", "v")},
+                                 chunk_size=chunk_size, dtype=dtype) for t in pieces]
+    starts, final = chained_states(summaries, h0)
+    return summaries, starts, final
 
 
 def segment_summary(rec: Recurrence, q, k, v, inputs: dict, *, chunk_size=CHUNK_SIZE, dtype=torch.float64):
@@ -85,24 +96,16 @@ def segmented(rec: Recurrence, q, k, v, *, segment_len: int, scale=None, initial
         raise ValueError(f"segmented runs take packed sequences (B = 1), got B = {q.shape[0]}")
     T = q.shape[1]
     seqlens = [0, T] if cu_seqlens is None else cu_seqlens.tolist()
-    tensors = {"q": q, "k": k, "v": v, **{n: x for n, x in inputs.items() if x.dim() > 1}}
-    per_head = {n: x for n, x in inputs.items() if x.dim() == 1}
     segments = split(seqlens, segment_len)
-    summaries = {}
-    for seg in segments:
-        t = _slice(tensors, seg.start, seg.end)
-        summaries.setdefault(seg.sequence, []).append(
-            segment_summary(rec, t.pop("q"), t.pop("k"), t.pop("v"), {**t, **per_head}, chunk_size=chunk_size,
-                            dtype=dtype))
     outs, finals = [], []
     for n in range(len(seqlens) - 1):
+        pieces = _pieces({"q": q, "k": k, "v": v, **inputs}, [s for s in segments if s.sequence == n])
         h0 = None if initial_state is None else initial_state[n].to(dtype)
-        starts, final = chained_states(summaries[n], h0)
+        _, starts, final = _chain(rec, pieces, h0, chunk_size, dtype)
         finals.append(final)
-        for seg, start in zip([s for s in segments if s.sequence == n], starts):
-            t = _slice(tensors, seg.start, seg.end)
+        for t, start in zip(pieces, starts):
             o, _ = chunked(rec, t.pop("q"), t.pop("k"), t.pop("v"), scale=scale, initial_state=start[None],
-                           chunk_size=chunk_size, dtype=dtype, **t, **per_head)
+                           chunk_size=chunk_size, dtype=dtype, **t)
             outs.append(o)
     final_state = torch.stack(finals) if output_final_state else None
     return torch.cat(outs, 1), final_state
@@ -132,12 +135,9 @@ def segmented_gradients(rec: Recurrence, q, k, v, d_o, *, segment_len: int, d_fi
     dh0 = []
     for n in range(len(seqlens) - 1):
         segments = [seg for seg in split(seqlens, segment_len) if seg.sequence == n]
-        pieces = [{name: (x[:, seg.start:seg.end] if name in per_token else x).to(dtype) for name, x in tensors.items()}
-                  for seg in segments]
+        pieces = [{name: x.to(dtype) for name, x in t.items()} for t in _pieces(tensors, segments)]
         h0 = None if initial_state is None else initial_state[n].to(dtype)
-        summaries = [segment_summary(rec, t["q"], t["k"], t["v"], {m: t[m] for m in inputs}, chunk_size=chunk_size,
-                                     dtype=dtype) for t in pieces]
-        starts, _ = chained_states(summaries, h0)
+        summaries, starts, _ = _chain(rec, pieces, h0, chunk_size, dtype)
 
         def segment_grads(t, start, seg, d_end):
             """Gradients of one segment run from ``start`` (its inputs and its start state)."""
