@@ -54,6 +54,7 @@ def nvcc_cases() -> list[tuple[str, Heads, object]]:
               ("gdn_prepare", mixed, PrepareConfig(heads_per_cta=3, order="head"))]
     cases += [(kernel, Heads(*h), None) for h in ((2, 8), (16, 48), (16, 64)) for kernel in ("cp_plan", "cp_chain")]
     cases += [("gdn_backward", Heads(*h), BackwardConfig()) for h in BACKWARD_HEAD_CONFIGS]
+    cases += [("gdn_backward", Heads(16, 32), BackwardConfig(state_gradient_only=True))]
     cases += [("gdn_forward", two_eight, ForwardConfig(block_v=64, store_states=True))]
     return list(dict.fromkeys(cases))
 

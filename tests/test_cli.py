@@ -92,8 +92,8 @@ def test_build_fills_the_cache_and_a_second_run_reuses_it(capsys, tmp_path, monk
     monkeypatch.setenv("GDNC_CACHE_DIR", str(tmp_path))
     assert main(["build", "2/8", "--workers", "2"]) == 0
     # a forward config per width, prepare one head a CTA and four (GVA), cp_plan and cp_chain once; the
-    # backward's states pass per width and the backward
-    count = 2 * len(FORWARD_WIDTHS) + 5
+    # backward's states pass per width, the backward and its chain-only build (the backward split's)
+    count = 2 * len(FORWARD_WIDTHS) + 6
     out = capsys.readouterr().out
     assert f"[{count}/{count}] 2/8" in out and f"gdnc build: {count} compiled, 0 already in the cache" in out
     sources = list(tmp_path.glob("*/sources/*/*.py"))
@@ -147,7 +147,7 @@ def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
     assert main(["emit", "gdn", "--hq", "16", "--hv", "32", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted(["gdn_prepare_heads1.py", "gdn_prepare_heads2.py", "cp_plan.py", "cp_chain.py",
-                              "gdn_backward_threads256.py"]
+                              "gdn_backward_threads256.py", "gdn_backward_threads256-state_gradient_only.py"]
                              + [f"gdn_forward_bv{w}{states}.py" for w in FORWARD_WIDTHS for states in ("", "-store_states")])
     assert sorted(capsys.readouterr().out.split()) == [str(tmp_path / name) for name in written]
     for path in tmp_path.iterdir():

@@ -222,6 +222,7 @@ SIGNATURE_CASES = [("gdn_prepare", Heads(2, 8), PrepareConfig()), ("gdn_prepare"
                    ("gdn_forward", Heads(2, 8), ForwardConfig(block_v=64, store_states=True)),
                    ("gdn_backward", Heads(16, 32), BackwardConfig()),
                    ("gdn_backward", Heads(2, 4, dtype="float16"), BackwardConfig()),
+                   ("gdn_backward", Heads(16, 32), BackwardConfig(state_gradient_only=True)),
                    ("cp_plan", Heads(2, 8), None), ("cp_chain", Heads(16, 64), None)]
 
 
@@ -267,6 +268,23 @@ def test_backward_lowers_and_builds(h_qk, h_v, built):
     assert rep.wgmma and rep.tma and rep.launch_threads == 256 and rep.registers <= 255
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
     assert "atomicAdd" not in cuda, "order-dependent atomics would make the gradients unrepeatable"
+
+
+@pytest.mark.nvcc
+def test_state_gradient_pass_is_the_chain_of_ds_alone(built):
+    """BackwardConfig(state_gradient_only=True), context parallelism's local state gradients: the
+    backward's GEMMs on the chain of dS only (P, K dS, Pgᵀ dO, A_βᵀ dV', Qᵀ dO', Kᵀ dU: 6 of 21),
+    reading neither states nor v and writing no token gradient; it builds without spills."""
+    heads = Heads(16, 32)
+    code = lambda source: source[source.index("def build"):]  # noqa: E731  past the docstrings
+    full = code(render(GDN, "gdn_backward", heads))
+    chain = code(render(GDN, "gdn_backward", heads, BackwardConfig(state_gradient_only=True)))
+    assert full.count("T.gemm(") == 21 and chain.count("T.gemm(") == 6
+    for name in ("states[", "v[t0", "dq_head", "dk_head", "dv[", "dg[", "dbeta[", "initial_state"):
+        assert name in full and name not in chain, name
+    cuda, rep = built("gdn_backward", heads, BackwardConfig(state_gradient_only=True))
+    assert rep.wgmma and rep.tma and rep.launch_threads == 256
+    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
 
 
 @pytest.mark.nvcc

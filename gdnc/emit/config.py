@@ -187,9 +187,12 @@ class BackwardConfig:
     gradient dS [K, V] in the registers of all its threads, every GEMM on all of them.
 
     threads: CUDA threads per CTA (two warpgroups: dS takes 64 fp32 registers a thread)
+    state_gradient_only: only the chain of dS (context parallelism's local state gradients,
+               gdnc.runtime.cp_backward): no states, no token gradients, 6 of the 21 GEMMs a chunk
     """
 
     threads: int = 2 * 128
+    state_gradient_only: bool = False
 
     def check(self, heads: Heads) -> None:
         if self.threads != 256:

@@ -26,13 +26,15 @@ class Param:
     """One launch argument. kind: "in" (read), "out" (written), "inout" (read and written),
     "scalar". dtype: a torch/TileLang dtype name, or "operand" (the Heads' dtype: q, k, v, A, o).
     shape: dimension names (FIXED_DIMS, or dynamic sizes named as in the template) or ints.
-    only_if: the config field that must be true for the kernel to take this argument (None: always)."""
+    only_if, unless: the config field that must be true, or false, for the kernel to take this
+    argument (None: always)."""
 
     name: str
     kind: str
     dtype: str
     shape: tuple = ()
     only_if: str | None = None
+    unless: str | None = None
 
     def __post_init__(self):
         if self.kind not in KINDS or (self.kind == "scalar") != (self.shape == ()):
@@ -71,7 +73,8 @@ class KernelSpec:
 
     def params_for(self, config) -> tuple[Param, ...]:
         """The arguments the build of ``config`` takes, in the kernel's order."""
-        return tuple(p for p in self.params if p.only_if is None or getattr(config, p.only_if))
+        return tuple(p for p in self.params if (p.only_if is None or getattr(config, p.only_if))
+                     and (p.unless is None or not getattr(config, p.unless)))
 
     def label(self, config) -> str | None:
         """A short name of ``config`` among the variants the op may run ("bv64", "heads4"), or None."""
@@ -93,8 +96,8 @@ class KernelSpec:
                         f"{', '.join(names)}")
 
 
-def _tensor(name, dtype, *shape, kind="in", only_if=None):
-    return Param(name, kind, dtype, tuple(shape), only_if)
+def _tensor(name, dtype, *shape, kind="in", only_if=None, unless=None):
+    return Param(name, kind, dtype, tuple(shape), only_if, unless)
 
 
 def _cp_chain_heads(heads: Heads) -> None:
@@ -104,6 +107,7 @@ def _cp_chain_heads(heads: Heads) -> None:
 
 
 F32, I32 = "float32", "int32"
+ONLY_DS = "state_gradient_only"
 KERNELS: dict[str, KernelSpec] = {spec.name: spec for spec in (
     KernelSpec(
         "gdn_prepare",
@@ -132,20 +136,23 @@ KERNELS: dict[str, KernelSpec] = {spec.name: spec for spec in (
         label_flags=("store_states",)),
     KernelSpec(
         "gdn_backward", "the backward over chunks in reverse with the state gradient in registers: dq, dk per "
-        "value head, dv, dβ, dg and dh0",
+        "value head, dv, dβ, dg and the state gradient at each range's start (state_gradient_only: that alone)",
         "gdn_backward.py.jinja", BackwardConfig, "backward",
         (_tensor("q", "operand", "T", "H", "K"), _tensor("k", "operand", "T", "H", "K"),
-         _tensor("v", "operand", "T", "HV", "V"), _tensor("l2_gate", F32, "T", "HV"), _tensor("beta", F32, "T", "HV"),
-         _tensor("a_free", "operand", "T", "HV", "C"), _tensor("states", "operand", "S", "HV", "K", "V"),
-         _tensor("state_slot", I32, "N1"), _tensor("cu_seqlens", I32, "N1"),
-         _tensor("do", "operand", "T", "HV", "V"), Param("has_h0", "scalar", I32),
-         _tensor("initial_state", F32, "NH", "HV", "K", "V"), Param("has_dht", "scalar", I32),
+         _tensor("v", "operand", "T", "HV", "V", unless=ONLY_DS), _tensor("l2_gate", F32, "T", "HV"),
+         _tensor("beta", F32, "T", "HV"), _tensor("a_free", "operand", "T", "HV", "C"),
+         _tensor("states", "operand", "S", "HV", "K", "V", unless=ONLY_DS),
+         _tensor("seq_start", I32, "NS"), _tensor("seq_end", I32, "NE"), Param("end_offset", "scalar", I32),
+         _tensor("state_slot", I32, "R", unless=ONLY_DS), _tensor("do", "operand", "T", "HV", "V"),
+         Param("has_h0", "scalar", I32, unless=ONLY_DS),
+         _tensor("initial_state", F32, "NH", "HV", "K", "V", unless=ONLY_DS), Param("has_dht", "scalar", I32),
          _tensor("dht", F32, "NT", "HV", "K", "V"), Param("scale", "scalar", F32),
-         _tensor("dq_head", F32, "T", "HV", "K", kind="out"), _tensor("dk_head", F32, "T", "HV", "K", kind="out"),
-         _tensor("dv", "operand", "T", "HV", "V", kind="out"), _tensor("dbeta", F32, "T", "HV", kind="out"),
-         _tensor("dg", F32, "T", "HV", kind="out"), Param("write_dh0", "scalar", I32),
-         _tensor("dh0", F32, "NI", "HV", "K", "V", kind="out")),
-        shapes.gdn_form, shapes.gdn_backward_program, label_field="threads", label_prefix="threads"),
+         *(_tensor(name, dtype, *shape, kind="out", unless=ONLY_DS) for name, dtype, shape in (
+             ("dq_head", "operand", ("T", "HV", "K")), ("dk_head", "operand", ("T", "HV", "K")),
+             ("dv", "operand", ("T", "HV", "V")), ("dbeta", F32, ("T", "HV")), ("dg", F32, ("T", "HV")))),
+         _tensor("dh0_row", I32, "R"), _tensor("dh0", F32, "NI", "HV", "K", "V", kind="out")),
+        shapes.gdn_form, shapes.gdn_backward_program, label_field="threads", label_prefix="threads",
+        label_flags=(ONLY_DS,)),
     KernelSpec(
         "cp_plan", "context parallelism: every slot's token range and warm-up window, from l2_gate and contracts",
         "cp_plan.py.jinja", None, None,
