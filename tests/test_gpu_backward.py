@@ -8,6 +8,7 @@ kernels may be at most FACTOR times as far from float64. Gradient buffers are po
 every run, inputs are fresh random each run.
 """
 import os
+import time
 
 import pytest
 import torch
@@ -18,13 +19,16 @@ from conftest import gpu_inputs as inputs
 from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
 from gdnc.emit.config import Heads
 from gdnc.check import gradients_vs_reference
-from gdnc.runtime.policy import DEFAULT_POLICY
+from gdnc.runtime.plan import SplitConfig
+from gdnc.runtime.policy import DEFAULT_POLICY, HeuristicPolicy
 
 pytestmark = GPU_MARKS
 
 FACTOR = 2.0
 GDN = gdnc.get_variant("gdn")
 RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT_BACKWARD (JSON) when that is set
+# forward and backward split into slots of 256 tokens (the default splits from 2048 tokens)
+SPLIT_256 = HeuristicPolicy(split=SplitConfig(segment_len=256))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,10 +45,13 @@ def kernels_used() -> list:
 
 def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None, repeat=False):
     """The op's outputs and gradients against float64, within FACTOR of the yardstick; returns both."""
+    started = time.perf_counter()
     runs, err, yard, fallbacks = gradients_vs_reference(GDN, q, k, v, g, beta, h0, cu, use_final=dht, l2norm=l2norm,
                                                         policy=policy, repeats=2 if repeat else 1)
     assert not fallbacks, f"the op did not run the kernels: {fallbacks}"
-    RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard})
+    # the seconds a case takes (kernel loads, the op, both references): what plans the next device call
+    RESULTS.append({"case": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0], "error": err, "yardstick": yard,
+                    "seconds": round(time.perf_counter() - started, 1)})
     got = runs[0]
     for name in err:
         assert torch.isfinite(got[name]).all(), f"{name} has NaN/inf: an element was not written or overflowed"
@@ -70,6 +77,14 @@ def test_long_sequence(h_qk, h_v):
 def test_varlen_with_length_one_sequences(h_qk, h_v):
     lengths = [1, 63, 1000, 1, 2000, 64, 130]
     check(*inputs(sum(lengths), h_qk, h_v, N=len(lengths)), cu=offsets(lengths))
+
+
+@pytest.mark.parametrize("h_qk,h_v", [(2, 4), (16, 32)])
+def test_split_backward_on_varlen(h_qk, h_v):
+    """The backward split (gdnc.runtime.cp_backward) into slots of 256 tokens: sequences shorter than a
+    slot, empty slots past each sequence's end, heads without decay beside heads at −30 a token."""
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    check(*inputs(sum(lengths), h_qk, h_v, N=len(lengths), gates="mixed"), cu=offsets(lengths), policy=SPLIT_256)
 
 
 @pytest.mark.parametrize("dht", [True, False])
@@ -101,8 +116,9 @@ def test_batch_of_dense_sequences():
     check(*inputs(1000, 4, 8, B=3, N=3))
 
 
-def test_gradients_are_bitwise_repeatable():
-    check(*inputs(2000, 4, 16), repeat=True)
+@pytest.mark.parametrize("policy", [None, SPLIT_256], ids=["unsplit", "split"])
+def test_gradients_are_bitwise_repeatable(policy):
+    check(*inputs(2000, 4, 16), repeat=True, policy=policy)
 
 
 def test_double_backward_is_refused():

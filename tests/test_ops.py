@@ -159,8 +159,12 @@ def test_op_passes_every_kernel_its_parameters(split, varlen, h0):
     backward = {role: SignatureChecker(render(GDN, name, heads, config), name)
                 for role, (name, config) in plan.backward_kernels().items()}
     bound = {role: Kernel(spec(name), config, backward[role]) for role, (name, config) in plan.backward_kernels().items()}
-    grads = run_backward(saved, torch.ones_like(o), final if h0 else None, s, bound, empty, want_dh0=h0)
-    assert {role: checker.calls for role, checker in backward.items()} == {"states": 1, "backward": 1}
+    grads = run_backward(saved, torch.ones_like(o), final if h0 else None, s, bound, empty, want_dh0=h0,
+                         split=plan.backward_split)
+    assert (plan.backward_split is not None) == split
+    assert {role: checker.calls for role, checker in backward.items()} == (
+        {"states": 1, "backward": 1, "state_gradient": 1, "forward": 2, "chain": 1} if split else
+        {"states": 1, "backward": 1})
     assert grads.dq.shape == q.shape and grads.dk.shape == k.shape and grads.dv.shape == v.shape
     assert grads.dg.shape == grads.dbeta.shape == g.shape and (grads.dh0 is not None) == h0
 

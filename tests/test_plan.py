@@ -82,8 +82,10 @@ def test_the_heuristic_policy_plans_configs():
     long_call = Call(Heads(2, 8), 32768, 1, H100_SMS)
     # the backward's states pass is unsplit: 32 CTAs of 32 columns fill one wave of 132 SMs at most
     narrow_states = ForwardConfig(block_v=32, store_states=True)
+    # the backward's split: one CTA a value head, 16 segments of 8 fill one wave as the forward's do
     assert HeuristicPolicy().plan(long_call) == Plan(ForwardConfig(block_v=128), PrepareConfig(heads_per_cta=4),
-                                                     Split(2048, 16), states=narrow_states)
+                                                     Split(2048, 16), states=narrow_states,
+                                                     backward_split=Split(2048, 16))
     short = HeuristicPolicy().plan(Call(Heads(2, 8), 1024, 1, H100_SMS))
     assert short == Plan(ForwardConfig(block_v=32), PrepareConfig(heads_per_cta=1), states=narrow_states)
     assert HeuristicPolicy().plan(Call(Heads(16, 64), 32768, 8, H100_SMS)).states.block_v == 128
@@ -97,7 +99,9 @@ def test_the_heuristic_policy_plans_configs():
                             prepare={"inverse": "substitution", "heads_per_cta": 1})
     assert fixed.plan(long_call) == Plan(ForwardConfig(block_v=64, m_role="prepare"),
                                          PrepareConfig(inverse="substitution"), Split(256, 128, tau=-20.0),
-                                         states=ForwardConfig(block_v=64, m_role="prepare", store_states=True))
+                                         states=ForwardConfig(block_v=64, m_role="prepare", store_states=True),
+                                         backward_split=Split(256, 128, tau=-20.0))
+    assert set(fixed.plan(long_call).backward_kernels()) == {"states", "backward", "state_gradient", "forward", "chain"}
     unsplit = HeuristicPolicy(split=SplitConfig(segment_len=0), forward={"block_v": 128}).plan(long_call)
     assert unsplit.split is None and unsplit.forward.block_v == 128
 
@@ -109,7 +113,7 @@ def test_candidates_are_every_config_the_plans_may_use():
     policy = HeuristicPolicy()
     for heads in (Heads(2, 8), Heads(16, 16), Heads(16, 48)):
         candidates = policy.candidates(heads)
-        assert len(candidates) == len(set(candidates)) == 3 + (2 if heads.group > 1 else 1) + 2 + 3 + 1
+        assert len(candidates) == len(set(candidates)) == 3 + (2 if heads.group > 1 else 1) + 2 + 3 + 2
         for tokens in (64, 1024, 2048, 8192, 32768):
             for sequences in (1, 2, 4, 8):
                 plan = policy.plan(Call(heads, tokens * sequences, sequences, H100_SMS))

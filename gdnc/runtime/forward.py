@@ -46,6 +46,24 @@ def final_rows(count: int, wanted: bool, device) -> torch.Tensor:
     return kept_rows(("nowhere", device), count, lambda r: torch.full((r,), -1, dtype=torch.int32, device=device))
 
 
+def ranges_forward(kernel, saved: Saved, scale: float):
+    """``forward(v, h0, start, end, o, final, final_row, end_offset=0, **states)``: ``kernel`` (a gdn_forward
+    build) over the token ranges [start_r, end_{r + end_offset}) of the call ``saved`` holds, with values
+    ``v`` [tokens, HV, V], from h0 [ranges, HV, K, V] (None: from zero), o written, range r's end state
+    to final[final_row[r]] where final_row[r] >= 0 (cp.split_forward's contract); a store_states build
+    also takes states= and state_slot=."""
+    HV, K, V = saved.v.shape[1], saved.k.shape[2], saved.v.shape[2]
+    unread = kept_zeros((1, HV, K, V), torch.float32, saved.q.device)  # binds initial_state where none is read
+
+    def forward(v, h0, start, end, o, final, final_row, end_offset=0, **states):
+        kernel(q=saved.q, k=saved.k, v=v, l2_gate=saved.l2_gate, beta=saved.beta, a_free=saved.a_free,
+               seq_start=start, seq_end=end, end_offset=end_offset, zero_start=int(h0 is None),
+               initial_state=unread if h0 is None else h0, scale=scale, o=o, final_row=final_row, final_state=final,
+               **states)
+
+    return forward
+
+
 def dense_offsets(batch: int, length: int, device) -> torch.Tensor:
     """cu_seqlens [batch + 1] int32 of ``batch`` sequences of ``length`` tokens (a dense call), from a
     kept buffer: a fresh one would cost a launch every call."""
@@ -79,18 +97,10 @@ def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: 
     q_packed = q.reshape(tokens, s.H, s.K).contiguous()
     v_packed = v.reshape(tokens, s.HV, s.V).contiguous()
     o = empty(tokens, s.HV, s.V, dt=dtype)
-    gdn_forward = kernels["gdn_forward"]
-    unread = kept_zeros((1, s.HV, s.K, s.V), torch.float32, device)  # binds initial_state where none is read
-
-    def forward(v_, h0, start, end, o_, final, final_row, end_offset=0):
-        """gdn_forward over the token ranges [start_r, end_{r + end_offset}) from h0 [ranges, HV, K, V] (None:
-        from zero), range r's end state to final[final_row[r]] where final_row[r] >= 0 (cp.split_forward)."""
-        gdn_forward(q=q_packed, k=prep["k"], v=v_, l2_gate=prep["l2_gate"], beta=prep["beta"], a_free=prep["a_free"],
-                    seq_start=start, seq_end=end, end_offset=end_offset, zero_start=int(h0 is None),
-                    initial_state=unread if h0 is None else h0, scale=s.scale, o=o_, final_row=final_row,
-                    final_state=final)
-
     h0 = initial_state.float().contiguous() if initial_state is not None else None
+    saved = Saved(q=q_packed, k=prep["k"], v=v_packed, beta=prep["beta"], l2_gate=prep["l2_gate"],
+                  a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
+    forward = ranges_forward(kernels["gdn_forward"], saved, s.scale)
     if plan.split is not None:
         # after gdn_prepare, five launches and no host sync: cp_plan, the three forward passes, cp_chain
         slots = run_planner(kernels["cp_plan"], cu, prep["l2_gate"], prep["contracts"], plan.split)
@@ -99,6 +109,4 @@ def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: 
         # packed sequences: range n is [cu[n], cu[n + 1]), read from cu itself (no copies, no launches)
         final_state = empty(N, s.HV, s.K, s.V, dt=torch.float32)
         forward(v_packed, h0, cu, cu, o, final_state, final_rows(N, output_final_state, device), end_offset=1)
-    saved = Saved(q=q_packed, k=prep["k"], v=v_packed, beta=prep["beta"], l2_gate=prep["l2_gate"],
-                  a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
     return o.reshape(s.B, s.T, s.HV, s.V), (final_state if output_final_state else None), saved

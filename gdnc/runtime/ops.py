@@ -115,7 +115,7 @@ class _GatedDeltaRule(torch.autograd.Function):
         saved = Saved(*ctx.saved_tensors)
         want_dh0 = saved.h0 is not None and ctx.needs_input_grad[5]
         grads = run_backward(saved, do, dht if run.output_final_state else None, run.shapes, run.backward_kernels,
-                             run.empty, want_dh0)
+                             run.empty, want_dh0, run.plan.backward_split)
         g_dtype, beta_dtype = ctx.dtypes
         return (grads.dq, grads.dk, grads.dv, grads.dg.to(g_dtype), grads.dbeta.to(beta_dtype), grads.dh0, None)
 

@@ -98,14 +98,16 @@ class Split:
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The configs of one call's kernels, and its split (None: every sequence in one range).
-    states and backward: what a call's backward runs (gdnc.runtime.backward), the states pass a
-    gdn_forward build with store_states, unsplit."""
+    states, backward and backward_split: what a call's backward runs (gdnc.runtime.backward): the
+    states pass (a gdn_forward build with store_states), gdn_backward, and the backward's own split
+    (gdnc.runtime.cp_backward; one CTA a value head, so it splits otherwise than the forward)."""
 
     forward: ForwardConfig
     prepare: PrepareConfig
     split: Split | None = None
     states: ForwardConfig = ForwardConfig(store_states=True)
     backward: BackwardConfig = BackwardConfig()
+    backward_split: Split | None = None
 
     def __post_init__(self):
         if not self.states.store_states:
@@ -120,7 +122,11 @@ class Plan:
 
     def backward_kernels(self) -> dict:
         """{role: (kernel name, config)} of the kernels the call's backward launches."""
-        return {"states": ("gdn_forward", self.states), "backward": ("gdn_backward", self.backward)}
+        kernels = {"states": ("gdn_forward", self.states), "backward": ("gdn_backward", self.backward)}
+        if self.backward_split is not None:
+            kernels.update(forward=("gdn_forward", self.forward), chain=("cp_chain", None),
+                           state_gradient=("gdn_backward", dataclasses.replace(self.backward, state_gradient_only=True)))
+        return kernels
 
 
 @dataclasses.dataclass(frozen=True)

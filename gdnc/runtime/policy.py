@@ -70,11 +70,17 @@ class HeuristicPolicy:
         split = None
         if layout.segment_len:
             split = Split(layout.segment_len, layout.slots, self.split.tau, self.split.max_warmup_chunks)
-        # the backward's states pass runs unsplit: the narrowest block that fills one wave
+        # the backward's states pass: the narrowest block that fills one wave unsplit
         unsplit = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
                                  self._widths(heads), dataclasses.replace(self.split, segment_len=0))
+        # the backward runs one CTA a value head and range: the forward's layout rule at one block of V
+        backward = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
+                                  (heads.v_dim,), self.split)
+        backward_split = None
+        if backward.segment_len:
+            backward_split = Split(backward.segment_len, backward.slots, self.split.tau, self.split.max_warmup_chunks)
         return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta), split,
-                    states=self._states(unsplit.block_v))
+                    states=self._states(unsplit.block_v), backward_split=backward_split)
 
     def _states(self, width: int) -> ForwardConfig:
         return ForwardConfig(**{**self.forward, "block_v": width, "store_states": True})
@@ -88,7 +94,7 @@ class HeuristicPolicy:
         return ([("gdn_forward", ForwardConfig(**{**self.forward, "block_v": width})) for width in widths]
                 + [("gdn_prepare", config) for config in prepares] + [("cp_plan", None), ("cp_chain", None)]
                 + ([("gdn_forward", self._states(width)) for width in widths] + [("gdn_backward", backward)]
-                   if trains else []))
+                   + [("gdn_backward", dataclasses.replace(backward, state_gradient_only=True))] if trains else []))
 
 
 def _takes(config, heads: Heads) -> bool:
