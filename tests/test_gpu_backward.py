@@ -93,9 +93,12 @@ def test_initial_and_final_state_gradients_on_and_off(h0, dht):
     check(*inputs(1000, 4, 8, h0=h0), dht=dht)
 
 
+@pytest.mark.parametrize("policy", [None, SPLIT_256], ids=["unsplit", "split"])
 @pytest.mark.parametrize("gates", ["strong", "mixed"])
-def test_decay_extremes(gates):
-    check(*inputs(1000, 4, 8, gates=gates))
+def test_decay_extremes(gates, policy):
+    """g ≈ −30 a token in every head, or half the heads 0; split, the strong heads take both chains'
+    gate shortcuts (gdnc.runtime.cp, cp_backward), the mixed ones neither."""
+    check(*inputs(1000, 4, 8, gates=gates), policy=policy)
 
 
 def test_expanding_transitions():

@@ -84,14 +84,15 @@ def test_prepare_finds_every_chunk_from_the_offsets():
 class SignatureChecker:
     """Stands in for a compiled kernel on CPU: checks each call's positional arguments against the
     TileLang signature of the rendered source (count, tensor or scalar, dtype, rank, contiguity, fixed
-    sizes, and every symbolic size bound to one value across the arguments); writes nothing."""
+    sizes, and every symbolic size bound to one value across the arguments); writes nothing but what
+    ``effect`` (called with the arguments by name) writes."""
 
-    def __init__(self, source: str, name: str):
+    def __init__(self, source: str, name: str, effect=None):
         from gdnc.emit.build import load_prim_func
         from gdnc.emit.cache import materialize
 
         self.name, self.func = name, load_prim_func(materialize(source, name, GDN.ir_hash))
-        self.calls = 0
+        self.calls, self.effect = 0, effect
 
     def __call__(self, *args):
         from tvm import tirx
@@ -115,6 +116,21 @@ class SignatureChecker:
                 else:
                     assert sizes.setdefault(dim.name, size) == size, f"{where}: {dim.name} = {size}, was {sizes[dim.name]}"
         self.calls += 1
+        if self.effect is not None:
+            names = [self.func.buffer_map[p].name if p in self.func.buffer_map else p.name for p in params]
+            self.effect(dict(zip(names, args)))
+
+
+def planner(split):
+    """cp_plan's effect for a SignatureChecker: the slots of plan_slots, its torch reference (the
+    backward split indexes tensors with them)."""
+    from gdnc.runtime.cp import plan_slots
+
+    def plan(args):
+        slots = plan_slots(args["cu_seqlens"], args["l2_gate"], args["contracts"], split)
+        for name, value in slots._asdict().items():
+            args[name].copy_(value)
+    return plan
 
 
 GDN = gdnc.get_variant("gdn")
@@ -156,14 +172,15 @@ def test_op_passes_every_kernel_its_parameters(split, varlen, h0):
     assert launches == ({"gdn_prepare": 1, "gdn_forward": 3, "cp_plan": 1, "cp_chain": 1} if split else
                         {"gdn_prepare": 1, "gdn_forward": 1})
     # the backward's two launches, with and without dht and dh0
-    backward = {role: SignatureChecker(render(GDN, name, heads, config), name)
+    backward = {role: SignatureChecker(render(GDN, name, heads, config), name,
+                                       planner(plan.backward_split) if name == "cp_plan" else None)
                 for role, (name, config) in plan.backward_kernels().items()}
     bound = {role: Kernel(spec(name), config, backward[role]) for role, (name, config) in plan.backward_kernels().items()}
     grads = run_backward(saved, torch.ones_like(o), final if h0 else None, s, bound, empty, want_dh0=h0,
                          split=plan.backward_split)
     assert (plan.backward_split is not None) == split
     assert {role: checker.calls for role, checker in backward.items()} == (
-        {"states": 1, "backward": 1, "state_gradient": 1, "forward": 2, "chain": 1} if split else
+        {"states": 1, "backward": 1, "state_gradient": 1, "forward": 2, "plan": 1, "chain": 1} if split else
         {"states": 1, "backward": 1})
     assert grads.dq.shape == q.shape and grads.dk.shape == k.shape and grads.dv.shape == v.shape
     assert grads.dg.shape == grads.dbeta.shape == g.shape and (grads.dh0 is not None) == h0

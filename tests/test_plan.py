@@ -101,7 +101,8 @@ def test_the_heuristic_policy_plans_configs():
                                          PrepareConfig(inverse="substitution"), Split(256, 128, tau=-20.0),
                                          states=ForwardConfig(block_v=64, m_role="prepare", store_states=True),
                                          backward_split=Split(256, 128, tau=-20.0))
-    assert set(fixed.plan(long_call).backward_kernels()) == {"states", "backward", "state_gradient", "forward", "chain"}
+    assert set(fixed.plan(long_call).backward_kernels()) == {"states", "backward", "state_gradient", "forward", "plan",
+                                                             "chain"}
     unsplit = HeuristicPolicy(split=SplitConfig(segment_len=0), forward={"block_v": 128}).plan(long_call)
     assert unsplit.split is None and unsplit.forward.block_v == 128
 

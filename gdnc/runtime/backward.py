@@ -1,14 +1,15 @@
 """The backward on gdnc's kernels for a checked call: the states pass (gdn_forward built with
 store_states: every chunk's start state Ŝ in bf16), then gdn_backward over every range's chunks in
 reverse — one range a sequence, or, where the plan splits the backward, the slots of
-gdnc.runtime.cp_backward, chained exactly. dq and dk, written per value head in the operand dtype,
+gdnc.runtime.cp_backward (chained exactly, or within the gate shortcut's bound). dq and dk, written per value head in the operand dtype,
 are summed over each group of value heads in a fixed order (fp32 accumulation), so gradients are
 bitwise repeatable; without GVA the kernel writes them in place.
 
-What the forward keeps for it (gdnc.runtime.forward.Saved) is what FlashQLA keeps: q, k, v, β, the
-cumulative log2 gate, the gate-free inverse A and h0. Per token and value head, in bf16 with
-G = HV / H: 4·K/G bytes of q and k, 2·V of v, 2·C of A, 8 of β and the gate — 512/G + 392 at
-K = V = 128; with use_qk_l2norm_in_kernel, 5 bytes more a q/k row (gdnc.runtime.l2norm: an fp32
+What the forward keeps for it (gdnc.runtime.forward.Saved) is what FlashQLA keeps — q, k, v, β, the
+cumulative log2 gate, the gate-free inverse A and h0 — and gdn_prepare's contraction flag, which the
+backward split plans with. Per token and value head, in bf16 with G = HV / H: 4·K/G bytes of q and
+k, 2·V of v, 2·C of A, 12 of β, the gate and the flag — 512/G + 396 at K = V = 128 (the flag's 4
+bytes are 1 % more than FlashQLA keeps); with use_qk_l2norm_in_kernel, 5 bytes more a q/k row (gdnc.runtime.l2norm: an fp32
 norm and a flag; the normalised rows are the q and k saved here). The chunk states are recomputed
 and live only during the backward (2·K·V bytes a chunk and value head). Everything runs on the
 device with shapes the host knows: a backward can be captured in a CUDA graph.
@@ -22,7 +23,8 @@ import torch
 from gdnc.ir.program import CHUNK_SIZE
 from gdnc.reference.problem import Shapes
 from gdnc.runtime.buffers import kept_identity, kept_range, kept_zeros
-from gdnc.runtime.cp_backward import backward_slots, chunk_rows, split_backward
+from gdnc.runtime.cp import run_planner
+from gdnc.runtime.cp_backward import chunk_rows, reverse_shortcuts, split_backward
 from gdnc.runtime.forward import Saved, final_rows, ranges_forward
 from gdnc.runtime.plan import Split
 
@@ -52,7 +54,7 @@ def run_backward(saved: Saved, do: torch.Tensor, dht: torch.Tensor | None, s: Sh
     """The gradients of a checked call ``s`` from the output gradients ``do`` [B, T, HV, V] and ``dht``
     [N, HV, K, V] (None: zero) on ``kernels`` {"states": gdn_forward with store_states, "backward":
     gdn_backward, and with a ``split`` "forward": gdn_forward, "state_gradient": gdn_backward built
-    state_gradient_only, "chain": cp_chain}, loaded;
+    state_gradient_only, "plan": cp_plan, "chain": cp_chain}, loaded;
     ``empty(*shape, dt=)`` makes the buffers. Unsplit, one range a sequence; split, the slots of
     gdnc.runtime.cp_backward."""
     device, dtype = saved.q.device, saved.q.dtype
@@ -85,10 +87,12 @@ def run_backward(saved: Saved, do: torch.Tensor, dht: torch.Tensor | None, s: Sh
         backward(cu, cu, sequence_rows[:N], saved.h0, dht, final_rows(N, want_dh0, device), dh0, end_offset=1)
         dh0 = dh0 if want_dh0 else None
     else:
-        start, end = backward_slots(cu, split.segment_len, split.slots)
+        slots = run_planner(kernels["plan"], cu, saved.l2_gate, saved.contracts, split)
+        shortcut = reverse_shortcuts(cu, saved.l2_gate, saved.contracts, slots.start, slots.end,
+                                     split.window_limits()[1])
         forward = ranges_forward(kernels["forward"], saved, s.scale)
         zeros = kept_zeros((tokens, s.HV, s.K), dtype, device)
-        identity = kept_identity((start.numel(), s.HV, s.K, s.K), torch.float32, device)
+        identity = kept_identity((slots.start.numel(), s.HV, s.K, s.K), torch.float32, device)
 
         def summary(transitions, start_, end_, out, out_row):
             if transitions:
@@ -105,8 +109,9 @@ def run_backward(saved: Saved, do: torch.Tensor, dht: torch.Tensor | None, s: Sh
                                       a_free=saved.a_free, seq_start=start_, seq_end=end_, end_offset=0, do=do,
                                       has_dht=0, dht=unread, scale=s.scale, dh0_row=out_row, dh0=out)
 
-        dh0 = split_backward(summary, states_of, local_gradient, backward, kernels["chain"], start, end,
-                             chunk_rows(cu, sequence_rows, start), saved.h0, dht, (s.HV, s.K, s.V), empty, want_dh0)
+        dh0 = split_backward(summary, states_of, local_gradient, backward, kernels["chain"], slots, shortcut,
+                             chunk_rows(cu, sequence_rows, slots.start), saved.h0, dht, (s.HV, s.K, s.V), empty,
+                             want_dh0)
     # the sum over the value heads of each q/k head (fp32 accumulation), in their order: no atomics, the
     # same bits every run
     dq, dk = (grads[name].view(s.B, s.T, s.H, group, s.K).sum(3) if group > 1 else

@@ -21,14 +21,16 @@ from gdnc.runtime.plan import Plan
 @dataclasses.dataclass
 class Saved:
     """A forward's tensors the backward reads, packed to B·T rows: q, k [tokens, H, K], v [tokens, HV, V]
-    (the op's dtype), beta and l2_gate [tokens, HV] fp32, a_free [tokens, HV, C], h0 [N, HV, K, V] fp32
-    or None, cu_seqlens [N + 1] int32."""
+    (the op's dtype), beta, l2_gate and contracts [tokens, HV] fp32 (gdn_prepare's: the backward split
+    plans with them as the forward's does), a_free [tokens, HV, C], h0 [N, HV, K, V] fp32 or None,
+    cu_seqlens [N + 1] int32."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
     beta: torch.Tensor
     l2_gate: torch.Tensor
+    contracts: torch.Tensor
     a_free: torch.Tensor
     h0: torch.Tensor | None
     cu_seqlens: torch.Tensor
@@ -99,6 +101,7 @@ def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: 
     o = empty(tokens, s.HV, s.V, dt=dtype)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     saved = Saved(q=q_packed, k=prep["k"], v=v_packed, beta=prep["beta"], l2_gate=prep["l2_gate"],
+                  contracts=prep["contracts"],
                   a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
     forward = ranges_forward(kernels["gdn_forward"], saved, s.scale)
     if plan.split is not None:

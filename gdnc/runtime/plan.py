@@ -124,7 +124,7 @@ class Plan:
         """{role: (kernel name, config)} of the kernels the call's backward launches."""
         kernels = {"states": ("gdn_forward", self.states), "backward": ("gdn_backward", self.backward)}
         if self.backward_split is not None:
-            kernels.update(forward=("gdn_forward", self.forward), chain=("cp_chain", None),
+            kernels.update(forward=("gdn_forward", self.forward), plan=("cp_plan", None), chain=("cp_chain", None),
                            state_gradient=("gdn_backward", dataclasses.replace(self.backward, state_gradient_only=True)))
         return kernels
 
