@@ -76,7 +76,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", nargs="+", default=["16/32:32768"], help="h_qk/h_v:len[+len...]")
     parser.add_argument("--provider", nargs="+", default=["gdnc", "FlashQLA"], choices=["gdnc", "FlashQLA", "FLA"])
-    parser.add_argument("--with-forward", action="store_true", help="profile forward + backward, not the backward alone")
+    parser.add_argument("--with-forward", action="store_true",
+                        help="profile forward + backward, not the backward alone")
     parser.add_argument("--launch-only", action="store_true", help="run each call twice, no profiler, no timing")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)

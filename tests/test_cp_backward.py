@@ -101,7 +101,8 @@ def unsplit_gradients(case, d_o, dht):
     grads = {n: torch.empty_like(inputs[n]) for n in GRADIENTS}
     dh0 = torch.empty_like(h0)
     for n, (a, b) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
-        token_grads, dh0[n] = range_gradients(inputs, d_o, a, b, h0[n], torch.zeros(HV, K, V) if dht is None else dht[n])
+        d_end = torch.zeros(HV, K, V) if dht is None else dht[n]
+        token_grads, dh0[n] = range_gradients(inputs, d_o, a, b, h0[n], d_end)
         for name in GRADIENTS:
             grads[name][a:b] = token_grads[name]
     return grads, dh0

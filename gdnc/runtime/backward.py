@@ -1,18 +1,20 @@
 """The backward on gdnc's kernels for a checked call: the states pass (gdn_forward built with
 store_states: every chunk's start state Ŝ in bf16), then gdn_backward over every range's chunks in
 reverse — one range a sequence, or, where the plan splits the backward, the slots of
-gdnc.runtime.cp_backward (chained exactly, or within the gate shortcut's bound). dq and dk, written per value head in the operand dtype,
-are summed over each group of value heads in a fixed order (fp32 accumulation), so gradients are
-bitwise repeatable; without GVA the kernel writes them in place.
+gdnc.runtime.cp_backward (chained exactly, or within the gate shortcut's bound). dq and dk, written
+per value head in the operand dtype, are summed over each group of value heads in a fixed order
+(fp32 accumulation), so gradients are bitwise repeatable; without GVA the kernel writes them in
+place.
 
 What the forward keeps for it (gdnc.runtime.forward.Saved) is what FlashQLA keeps — q, k, v, β, the
 cumulative log2 gate, the gate-free inverse A and h0 — and gdn_prepare's contraction flag, which the
 backward split plans with. Per token and value head, in bf16 with G = HV / H: 4·K/G bytes of q and
 k, 2·V of v, 2·C of A, 12 of β, the gate and the flag — 512/G + 396 at K = V = 128 (the flag's 4
-bytes are 1 % more than FlashQLA keeps); with use_qk_l2norm_in_kernel, 5 bytes more a q/k row (gdnc.runtime.l2norm: an fp32
-norm and a flag; the normalised rows are the q and k saved here). The chunk states are recomputed
-and live only during the backward (2·K·V bytes a chunk and value head). Everything runs on the
-device with shapes the host knows: a backward can be captured in a CUDA graph.
+bytes are 1 % more than FlashQLA keeps); with use_qk_l2norm_in_kernel, 5 bytes more a q/k row
+(gdnc.runtime.l2norm: an fp32 norm and a flag; the normalised rows are the q and k saved here).
+The chunk states are recomputed and live only during the backward (2·K·V bytes a chunk and value
+head). Everything runs on the device with shapes the host knows: a backward can be captured in a
+CUDA graph.
 """
 from __future__ import annotations
 

@@ -101,8 +101,7 @@ def run_forward(q, k, v, g, beta, s: Shapes, initial_state, output_final_state: 
     o = empty(tokens, s.HV, s.V, dt=dtype)
     h0 = initial_state.float().contiguous() if initial_state is not None else None
     saved = Saved(q=q_packed, k=prep["k"], v=v_packed, beta=prep["beta"], l2_gate=prep["l2_gate"],
-                  contracts=prep["contracts"],
-                  a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
+                  contracts=prep["contracts"], a_free=prep["a_free"], h0=h0, cu_seqlens=cu)
     forward = ranges_forward(kernels["gdn_forward"], saved, s.scale)
     if plan.split is not None:
         # after gdn_prepare, five launches and no host sync: cp_plan, the three forward passes, cp_chain

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
-from gdnc.runtime.plan import Plan, Split, SplitConfig, forward_widths, layout_forward, prepare_heads_per_cta
+from gdnc.runtime.plan import Layout, Plan, Split, SplitConfig, forward_widths, layout_forward, prepare_heads_per_cta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,20 +67,20 @@ class HeuristicPolicy:
                                 self._widths(heads), self.split)
         resident = call.sm_count * self._prepare(1).ctas_per_sm
         heads_per_cta = prepare_heads_per_cta(call.tokens, call.num_sequences, heads.h_qk, heads.group, resident)
-        split = None
-        if layout.segment_len:
-            split = Split(layout.segment_len, layout.slots, self.split.tau, self.split.max_warmup_chunks)
         # the backward's states pass: the narrowest block that fills one wave unsplit
         unsplit = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
                                  self._widths(heads), dataclasses.replace(self.split, segment_len=0))
         # the backward runs one CTA a value head and range: the forward's layout rule at one block of V
         backward = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
                                   (heads.v_dim,), self.split)
-        backward_split = None
-        if backward.segment_len:
-            backward_split = Split(backward.segment_len, backward.slots, self.split.tau, self.split.max_warmup_chunks)
-        return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta), split,
-                    states=self._states(unsplit.block_v), backward_split=backward_split)
+        return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta),
+                    self._split(layout), states=self._states(unsplit.block_v), backward_split=self._split(backward))
+
+    def _split(self, layout: Layout) -> Split | None:
+        """The split of a layout (None where it does not split), with the heuristic's shortcut knobs."""
+        if not layout.segment_len:
+            return None
+        return Split(layout.segment_len, layout.slots, self.split.tau, self.split.max_warmup_chunks)
 
     def _states(self, width: int) -> ForwardConfig:
         return ForwardConfig(**{**self.forward, "block_v": width, "store_states": True})
