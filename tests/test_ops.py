@@ -228,7 +228,9 @@ def test_l2_normalize_matches_f_normalize_and_keeps_only_its_result_and_a_norm()
     d = torch.randn_like(x)
     (ours,) = torch.autograd.grad(l2_normalize(x), x, d)
     (theirs,) = torch.autograd.grad(F.normalize(x, dim=-1), x, d)
-    assert torch.allclose(ours, theirs, rtol=1e-12, atol=0)
+    # to rounding, row by row: an element much smaller than its row's (a near cancellation) can differ
+    # in more than its own last digits, and the clamped row is 1e11 times the others
+    assert ((ours - theirs).norm(dim=-1) <= 1e-12 * theirs.norm(dim=-1)).all()
     xb = torch.randn(4, 70, 2, 128).bfloat16().requires_grad_(True)
     out = l2_normalize(xb)
     assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), F.normalize(xb.float(), dim=-1), atol=4e-3)
