@@ -45,6 +45,12 @@ def kept_range(count: int, device) -> torch.Tensor:
     return kept_rows(("range", device), count, lambda r: torch.arange(r, dtype=torch.int32, device=device))
 
 
+def kept_nowhere(count: int, device) -> torch.Tensor:
+    """``count`` row indices of −1 as int32 (a kernel's output row that writes nowhere), from kept buffers
+    (kept_rows)."""
+    return kept_rows(("nowhere", device), count, lambda r: torch.full((r,), -1, dtype=torch.int32, device=device))
+
+
 def output_allocator(device, poison: bool):
     """``empty(*shape, dt=dtype)`` for kernel outputs; NaN-filled when ``poison`` (tests: an element the
     kernel does not write must show)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from gdnc.ir.program import CHUNK_SIZE
-from gdnc.runtime.buffers import kept_range, kept_rows, kept_zeros
+from gdnc.runtime.buffers import kept_nowhere, kept_range, kept_rows, kept_zeros
 from gdnc.runtime.cp import Slots
 
 
@@ -122,7 +122,7 @@ def split_backward(summary, states, local_gradient, backward, chain, slots: Slot
         torch.add(local[p + 1], torch.where(needed[p + 1][:, None, None, None], carried, 0.0), out=gradient[p])
     # 4. every token's gradients; dh0 from slot 0
     dh0 = empty(N, HV, K, V, dt=f32) if want_dh0 else kept_zeros((1, HV, K, V), f32, device)
-    nowhere = kept_rows(("nowhere", device), R, lambda r: torch.full((r,), -1, dtype=torch.int32, device=device))
+    nowhere = kept_nowhere(R, device)
     dh0_row = torch.cat([kept_range(N, device), nowhere[N:]]) if want_dh0 else nowhere
     backward(flat(start), flat(end), flat(chunk_row), start_state, gradient.view(R, HV, K, V), dh0_row, dh0)
     return dh0 if want_dh0 else None

@@ -13,7 +13,7 @@ import torch
 
 from gdnc.ir.program import CHUNK_SIZE
 from gdnc.reference.problem import Shapes
-from gdnc.runtime.buffers import kept_range, kept_rows, kept_zeros
+from gdnc.runtime.buffers import kept_nowhere, kept_range, kept_rows, kept_zeros
 from gdnc.runtime.cp import run_planner, split_forward
 from gdnc.runtime.plan import Plan
 
@@ -45,7 +45,7 @@ def final_rows(count: int, wanted: bool, device) -> torch.Tensor:
     nowhere, so that the kernel does not store final states nobody reads."""
     if wanted:
         return kept_range(count, device)
-    return kept_rows(("nowhere", device), count, lambda r: torch.full((r,), -1, dtype=torch.int32, device=device))
+    return kept_nowhere(count, device)
 
 
 def ranges_forward(kernel, saved: Saved, scale: float):
