@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
-from gdnc.emit.config import FORWARD_WIDTHS, BackwardConfig, ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import FORWARD_WIDTHS, LOCAL_STATE_GRADIENT, BackwardConfig, ForwardConfig, Heads, PrepareConfig
 
 BENCH_HEADS = [(2, 8), (4, 16), (8, 32), (16, 64), (16, 32), (8, 24), (16, 48), (16, 16), (32, 32)]
 
@@ -53,8 +53,8 @@ def nvcc_cases() -> list[tuple[str, Heads, object]]:
               ("gdn_prepare", mixed, PrepareConfig(order="head")),
               ("gdn_prepare", mixed, PrepareConfig(heads_per_cta=3, order="head"))]
     cases += [(kernel, Heads(*h), None) for h in ((2, 8), (16, 48), (16, 64)) for kernel in ("cp_plan", "cp_chain")]
-    cases += [("gdn_backward", Heads(*h), BackwardConfig()) for h in BACKWARD_HEAD_CONFIGS]
-    cases += [("gdn_backward", Heads(16, 32), BackwardConfig(state_gradient_only=True))]
+    cases += [("gdn_backward", Heads(*h), BackwardConfig(roles="specialised")) for h in BACKWARD_HEAD_CONFIGS]
+    cases += [("gdn_backward", Heads(16, 32), config) for config in (BackwardConfig(roles="serial"), LOCAL_STATE_GRADIENT)]
     cases += [("gdn_forward", two_eight, ForwardConfig(block_v=64, store_states=True))]
     return list(dict.fromkeys(cases))
 

@@ -147,7 +147,7 @@ def test_emit_writes_every_kernel_with_its_header(capsys, tmp_path):
     assert main(["emit", "gdn", "--hq", "16", "--hv", "32", "--out", str(tmp_path)]) == 0
     written = sorted(p.name for p in tmp_path.iterdir())
     assert written == sorted(["gdn_prepare_heads1.py", "gdn_prepare_heads2.py", "cp_plan.py", "cp_chain.py",
-                              "gdn_backward_threads256.py", "gdn_backward_threads256-state_gradient_only.py"]
+                              "gdn_backward_serial.py", "gdn_backward_serial-state_gradient_only.py"]
                              + [f"gdn_forward_bv{w}{states}.py" for w in FORWARD_WIDTHS for states in ("", "-store_states")])
     assert sorted(capsys.readouterr().out.split()) == [str(tmp_path / name) for name in written]
     for path in tmp_path.iterdir():

@@ -10,7 +10,7 @@ import pytest
 
 import gdnc
 from gdnc.bench.shapes import BACKWARD_HEAD_CONFIGS
-from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import LOCAL_STATE_GRADIENT, BackwardConfig, ForwardConfig, Heads, PrepareConfig
 from gdnc.emit.registry import FIXED_DIMS, KERNELS
 from gdnc.emit.render import render
 from gdnc.ir.canonical import UnsupportedRecurrence
@@ -122,8 +122,14 @@ def test_config_checks():
         render(GDN, "gdn_bwd", Heads(2, 4))
     with pytest.raises(ValueError, match="the backward kernel is written for K = V = 128 .* got K=128, V=64"):
         render(GDN, "gdn_backward", Heads(2, 4, 128, 64))
-    with pytest.raises(ValueError, match="BackwardConfig.threads must be 256"):
-        BackwardConfig(threads=128).check(Heads(2, 4))
+    with pytest.raises(ValueError, match=r"BackwardConfig.roles must be one of \('serial', 'specialised'\)"):
+        BackwardConfig(roles="pipelined").check(Heads(2, 4))
+    with pytest.raises(ValueError, match="state_gradient_only is a serial build"):
+        BackwardConfig(state_gradient_only=True).check(Heads(2, 4))
+    with pytest.raises(ValueError, match="the serial build takes none"):
+        BackwardConfig(roles="serial", registers=(160, 120, 192, 40)).check(Heads(2, 4))
+    with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
+        BackwardConfig(registers=(168, 128, 192, 40)).check(Heads(2, 4))
     with pytest.raises(ValueError, match="block_v must be one of"):
         ForwardConfig(block_v=16).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
@@ -220,9 +226,10 @@ SIGNATURE_CASES = [("gdn_prepare", Heads(2, 8), PrepareConfig()), ("gdn_prepare"
                    ("gdn_forward", Heads(16, 32), ForwardConfig(block_v=128, trace=True)),
                    ("gdn_forward", Heads(2, 8, dtype="float16"), ForwardConfig(block_v=64)),
                    ("gdn_forward", Heads(2, 8), ForwardConfig(block_v=64, store_states=True)),
-                   ("gdn_backward", Heads(16, 32), BackwardConfig()),
-                   ("gdn_backward", Heads(2, 4, dtype="float16"), BackwardConfig()),
-                   ("gdn_backward", Heads(16, 32), BackwardConfig(state_gradient_only=True)),
+                   ("gdn_backward", Heads(16, 32), BackwardConfig(roles="specialised")),
+                   ("gdn_backward", Heads(2, 4, dtype="float16"), BackwardConfig(roles="specialised")),
+                   ("gdn_backward", Heads(16, 32), BackwardConfig(roles="serial")),
+                   ("gdn_backward", Heads(16, 32), LOCAL_STATE_GRADIENT),
                    ("cp_plan", Heads(2, 8), None), ("cp_chain", Heads(16, 64), None)]
 
 
@@ -255,36 +262,34 @@ def test_the_registry_declares_each_kernels_signature(kernel, heads, config):
                 assert dim not in FIXED_DIMS and dim == size.name, (param.name, dim)
 
 
+SPECIALISED = BackwardConfig(roles="specialised")
+
+
 @pytest.mark.nvcc
 @pytest.mark.parametrize("h_qk,h_v", BACKWARD_HEAD_CONFIGS)
 def test_backward_lowers_and_builds(h_qk, h_v, built):
-    """gdn_backward for every head configuration of the backward benchmark: the program's check passes,
-    it lowers for sm_90a, and nvcc builds it with wgmma and TMA loads on 256 threads, no spills (dS
-    takes 64 of a thread's 255 registers; loads staged through registers made it spill)."""
+    """gdn_backward's specialised build for every head configuration of the backward benchmark: the
+    program's check passes, it lowers for sm_90a, and nvcc builds it with wgmma, TMA loads and each
+    role's register budget (setmaxnreg) on 512 threads, no spills, no atomics."""
     heads = Heads(h_qk, h_v)
-    source = render(GDN, "gdn_backward", heads)
+    source = render(GDN, "gdn_backward", heads, SPECIALISED)
     assert "merge_gate_gradients" in source and f"H_QK, H_V, K_DIM, V_DIM = {h_qk}, {h_v}, 128, 128" in source
-    cuda, rep = built("gdn_backward", heads, BackwardConfig())
-    assert rep.wgmma and rep.tma and rep.launch_threads == 256 and rep.registers <= 255
+    cuda, rep = built("gdn_backward", heads, SPECIALISED)
+    assert rep.wgmma and rep.tma and rep.setmaxnreg and rep.launch_threads == 512
+    budgets = SPECIALISED.registers
+    assert [int(n) for n in re.findall(r"warpgroup_reg_(?:alloc|dealloc)<(\d+)>", cuda)] == list(budgets)
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
     assert "atomicAdd" not in cuda, "order-dependent atomics would make the gradients unrepeatable"
 
 
 @pytest.mark.nvcc
-def test_state_gradient_pass_is_the_chain_of_ds_alone(built):
-    """BackwardConfig(state_gradient_only=True), context parallelism's local state gradients: the
-    backward's GEMMs on the chain of dS only (P, K dS, Pgᵀ dO, A_βᵀ dV', Qᵀ dO', Kᵀ dU: 6 of 21),
-    reading neither states nor v and writing no token gradient; it builds without spills."""
-    heads = Heads(16, 32)
-    code = lambda source: source[source.index("def build"):]  # noqa: E731  past the docstrings
-    full = code(render(GDN, "gdn_backward", heads))
-    chain = code(render(GDN, "gdn_backward", heads, BackwardConfig(state_gradient_only=True)))
-    assert full.count("T.gemm(") == 21 and chain.count("T.gemm(") == 6
-    for name in ("states[", "v[t0", "dq_head", "dk_head", "dv[", "dg[", "dbeta[", "initial_state"):
-        assert name in full and name not in chain, name
-    cuda, rep = built("gdn_backward", heads, BackwardConfig(state_gradient_only=True))
-    assert rep.wgmma and rep.tma and rep.launch_threads == 256
+def test_serial_backward_builds(built):
+    """The serial build (roles="serial"): dS in the registers of two warpgroups, every GEMM on all 256
+    threads, TMA loads, no spills (loads staged through registers made it spill)."""
+    cuda, rep = built("gdn_backward", Heads(16, 32), BackwardConfig(roles="serial"))
+    assert rep.wgmma and rep.tma and rep.launch_threads == 256 and rep.registers <= 255
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
+    assert "atomicAdd" not in cuda
 
 
 @pytest.mark.nvcc

@@ -181,26 +181,63 @@ class ForwardConfig:
             raise ValueError(f"ForwardConfig.pair_gates must be 'output' or 'loader', got {self.pair_gates!r}")
 
 
+BACKWARD_ROLES = ("serial", "specialised")
+# setmaxnreg budgets (chain, value, pairs, loader) of the specialised backward (nvcc 13.0): the chain
+# holds dS (128 fp32 a thread; 152 spills 1.5 KB), the value role one [C, 128] accumulator at a time,
+# the pairs role C×C tiles beside one (184 spills), the loader's barrier loop 40 (32 spills)
+DEFAULT_BACKWARD_REGISTERS = (160, 120, 192, 40)
+
+
 @dataclasses.dataclass(frozen=True)
 class BackwardConfig:
     """The backward over chunks in reverse: one CTA per (value head, sequence), the fp32 state
-    gradient dS [K, V] in the registers of all its threads, every GEMM on all of them.
+    gradient dS [K, V] in registers.
 
-    threads: CUDA threads per CTA (two warpgroups: dS takes 64 fp32 registers a thread)
+    roles:     "serial": two warpgroups hold dS and run every GEMM of a chunk one after another;
+               "specialised": four warpgroups (chain: dS; value: dV', dv, dk and dg; pairs: the C×C
+               products, dq and dβ; loader), handing tiles over through shared memory, each input
+               refilled as soon as its readers are done with it
+    registers: the specialised build's per-thread budgets (chain, value, pairs, loader), set with
+               setmaxnreg; None: DEFAULT_BACKWARD_REGISTERS (the serial build leaves them to nvcc)
     state_gradient_only: only the chain of dS (context parallelism's local state gradients,
-               gdnc.runtime.cp_backward): no states, no token gradients, 6 of the 21 GEMMs a chunk
+               gdnc.runtime.cp_backward): no states, no token gradients, 6 of the 21 GEMMs a chunk;
+               a serial build
     """
 
-    threads: int = 2 * 128
+    roles: str = "serial"
+    registers: tuple[int, int, int, int] | None = None
     state_gradient_only: bool = False
 
+    def __post_init__(self):
+        if self.registers is None and self.roles == "specialised":
+            object.__setattr__(self, "registers", DEFAULT_BACKWARD_REGISTERS)
+
+    @property
+    def threads(self) -> int:
+        """CUDA threads per CTA: two warpgroups (serial) or four (specialised)."""
+        return 256 if self.roles == "serial" else 512
+
     def check(self, heads: Heads) -> None:
-        if self.threads != 256:
-            raise ValueError(f"BackwardConfig.threads must be 256 (two warpgroups hold dS), got {self.threads}")
+        if self.roles not in BACKWARD_ROLES:
+            raise ValueError(f"BackwardConfig.roles must be one of {BACKWARD_ROLES}, got {self.roles!r}")
+        if self.roles == "specialised":
+            if self.state_gradient_only:
+                raise ValueError("BackwardConfig.state_gradient_only is a serial build (roles='serial'): the "
+                                 "chain of dS alone has nothing to specialise")
+            regs = self.registers
+            if len(regs) != 4 or any(r % 8 or not 24 <= r <= 256 for r in regs) or 128 * sum(regs) > REGISTER_FILE:
+                raise ValueError(f"BackwardConfig.registers must be 4 multiples of 8 in [24, 256] summing to at most "
+                                 f"{REGISTER_FILE // 128} (the register file over 4 warpgroups), got {regs}")
+        elif self.registers is not None:
+            raise ValueError(f"BackwardConfig.registers are the specialised build's budgets; the serial build takes "
+                             f"none, got {self.registers}")
         if (heads.k_dim, heads.v_dim) != (128, 128):
             raise ValueError(f"the backward kernel is written for K = V = 128 (dS and Ŝ whole in one CTA), "
                              f"got K={heads.k_dim}, V={heads.v_dim}")
 
+
+# context parallelism's local state gradients (gdnc.runtime.cp_backward): the chain of dS alone
+LOCAL_STATE_GRADIENT = BackwardConfig(roles="serial", state_gradient_only=True)
 
 # cp_plan keeps whether each warm-up window is usable as one bit of a 32-bit word
 MAX_WINDOW_CHUNKS = 32

@@ -151,7 +151,7 @@ KERNELS: dict[str, KernelSpec] = {spec.name: spec for spec in (
              ("dq_head", "operand", ("T", "HV", "K")), ("dk_head", "operand", ("T", "HV", "K")),
              ("dv", "operand", ("T", "HV", "V")), ("dbeta", F32, ("T", "HV")), ("dg", F32, ("T", "HV")))),
          _tensor("dh0_row", I32, "R"), _tensor("dh0", F32, "NI", "HV", "K", "V", kind="out")),
-        shapes.gdn_form, shapes.gdn_backward_program, label_field="threads", label_prefix="threads",
+        shapes.gdn_form, shapes.gdn_backward_program, label_field="roles",
         label_flags=(ONLY_DS,)),
     KernelSpec(
         "cp_plan", "context parallelism: every slot's token range and warm-up window, from l2_gate and contracts",

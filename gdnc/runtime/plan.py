@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gdnc.emit.config import FORWARD_WIDTHS, MAX_WINDOW_CHUNKS, BackwardConfig, ForwardConfig, PrepareConfig
+from gdnc.emit.config import (FORWARD_WIDTHS, LOCAL_STATE_GRADIENT, MAX_WINDOW_CHUNKS, BackwardConfig, ForwardConfig,
+                              PrepareConfig)
 from gdnc.ir.program import CHUNK_SIZE
 
 
@@ -125,7 +126,7 @@ class Plan:
         kernels = {"states": ("gdn_forward", self.states), "backward": ("gdn_backward", self.backward)}
         if self.backward_split is not None:
             kernels.update(forward=("gdn_forward", self.forward), plan=("cp_plan", None), chain=("cp_chain", None),
-                           state_gradient=("gdn_backward", dataclasses.replace(self.backward, state_gradient_only=True)))
+                           state_gradient=("gdn_backward", LOCAL_STATE_GRADIENT))
         return kernels
 
 

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from gdnc.emit.config import BackwardConfig, ForwardConfig, Heads, PrepareConfig
+from gdnc.emit.config import LOCAL_STATE_GRADIENT, BackwardConfig, ForwardConfig, Heads, PrepareConfig
 from gdnc.runtime.plan import Layout, Plan, Split, SplitConfig, forward_widths, layout_forward, prepare_heads_per_cta
 
 
@@ -42,15 +42,18 @@ class HeuristicPolicy:
     split:   the heuristic's split knobs (SplitConfig; segment_len=0 never splits, N always in N tokens)
     forward: ForwardConfig fields fixed over the heuristic's choice (block_v, m_role, ...)
     prepare: PrepareConfig fields fixed likewise (heads_per_cta, inverse, order, ...)
+    backward: BackwardConfig fields (roles, registers) of the backward over every range
     """
 
     split: SplitConfig = SplitConfig()
     forward: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     prepare: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    backward: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.split.check()
-        for name, fields, config in (("forward", self.forward, ForwardConfig), ("prepare", self.prepare, PrepareConfig)):
+        for name, fields, config in (("forward", self.forward, ForwardConfig), ("prepare", self.prepare, PrepareConfig),
+                                     ("backward", self.backward, BackwardConfig)):
             unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(config)})
             if unknown:
                 raise ValueError(f"HeuristicPolicy.{name}: {unknown} are not {config.__name__} fields")
@@ -74,7 +77,8 @@ class HeuristicPolicy:
         backward = layout_forward(call.tokens, call.num_sequences, heads.h_v, call.sm_count, heads.v_dim,
                                   (heads.v_dim,), self.split)
         return Plan(ForwardConfig(**{**self.forward, "block_v": layout.block_v}), self._prepare(heads_per_cta),
-                    self._split(layout), states=self._states(unsplit.block_v), backward_split=self._split(backward))
+                    self._split(layout), states=self._states(unsplit.block_v), backward=BackwardConfig(**self.backward),
+                    backward_split=self._split(backward))
 
     def _split(self, layout: Layout) -> Split | None:
         """The split of a layout (None where it does not split), with the heuristic's shortcut knobs."""
@@ -89,12 +93,12 @@ class HeuristicPolicy:
         prepares = dict.fromkeys([self._prepare(1), self._prepare(heads.group)])
         widths = self._widths(heads)
         # the backward where its kernel takes these heads (the op runs K = V = 128 only)
-        backward = BackwardConfig()
+        backward = BackwardConfig(**self.backward)
         trains = _takes(backward, heads)
         return ([("gdn_forward", ForwardConfig(**{**self.forward, "block_v": width})) for width in widths]
                 + [("gdn_prepare", config) for config in prepares] + [("cp_plan", None), ("cp_chain", None)]
                 + ([("gdn_forward", self._states(width)) for width in widths] + [("gdn_backward", backward)]
-                   + [("gdn_backward", dataclasses.replace(backward, state_gradient_only=True))] if trains else []))
+                   + [("gdn_backward", LOCAL_STATE_GRADIENT)] if trains else []))
 
 
 def _takes(config, heads: Heads) -> bool:
