@@ -3,7 +3,7 @@ torch.profiler (CUDA activity), for gdnc and FlashQLA side by side on the same i
 gradients (those of `gdnc bench --backward`):
 
     python benchmarks/profile_backward.py [--shape 16/32:32768 ...] [--provider gdnc FlashQLA]
-                                          [--with-forward] [--launch-only] [--out F]
+                                          [--roles serial specialised] [--with-forward] [--launch-only] [--out F]
     python benchmarks/profile_backward.py --plot OUT.png RUNS.json[:LABEL] ...   # stacked bars of earlier runs
 
 The backward alone replays the autograd graph of one forward kept (retain_graph), so it holds what
@@ -12,6 +12,7 @@ each library's backward launches: its states pass, its chain and its gradient ke
 Nsight Compute's): `ncu -k regex:gdn_backward -c 1 ... --launch-only` profiles one gdn_backward.
 """
 import argparse
+import functools
 import sys
 
 from profile_op import kernel_times
@@ -78,6 +79,9 @@ def main(argv=None):
     parser.add_argument("--provider", nargs="+", default=["gdnc", "FlashQLA"], choices=["gdnc", "FlashQLA", "FLA"])
     parser.add_argument("--with-forward", action="store_true",
                         help="profile forward + backward, not the backward alone")
+    parser.add_argument("--roles", nargs="+", default=[None], choices=["serial", "specialised"],
+                        help="gdnc: its backward's builds to profile one after another (BackwardConfig.roles; "
+                             "default: the op's)")
     parser.add_argument("--launch-only", action="store_true", help="run each call twice, no profiler, no timing")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -87,8 +91,17 @@ def main(argv=None):
     from gdnc.bench.backward import _autograd_step, inputs, providers
     from gdnc.bench.shapes import Shape
     from gdnc.bench.timing import time_calls
+    from gdnc.runtime.policy import HeuristicPolicy
 
-    found = providers(args.provider)
+    found = []
+    for name, fn, path in providers(args.provider):
+        if name != "gdnc" or fn is None:
+            found.append((name, fn, path))
+            continue
+        for roles in args.roles:  # one gdnc run per backward build, named by it where one is chosen
+            policy = None if roles is None else HeuristicPolicy(backward={"roles": roles})
+            found.append((name if roles is None else f"gdnc {roles}", functools.partial(fn, policy=policy),
+                          path if roles is None else f"{path}, BackwardConfig(roles={roles!r})"))
     runs = []
     for text in args.shape:
         hq, hv, lengths = parse_shape(text)
