@@ -29,6 +29,9 @@ GDN = gdnc.get_variant("gdn")
 RESULTS = []  # every checked case, written to $GDNC_GPU_REPORT_BACKWARD (JSON) when that is set
 # forward and backward split into slots of 256 tokens (the default splits from 2048 tokens)
 SPLIT_256 = HeuristicPolicy(split=SplitConfig(segment_len=256))
+# the warp-specialised backward (not yet the op's default), unsplit and split
+SPECIALISED = HeuristicPolicy(backward={"roles": "specialised"})
+SPECIALISED_SPLIT_256 = HeuristicPolicy(split=SplitConfig(segment_len=256), backward={"roles": "specialised"})
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -40,7 +43,8 @@ def report():
 def kernels_used() -> list:
     """Every (kernel, heads, config) these tests may load, to build on a machine without a GPU."""
     heads = [Heads(hq, hv) for hq, hv in BACKWARD_HEAD_CONFIGS] + [Heads(2, 4, dtype="float16")]
-    return list(dict.fromkeys((kernel, h, config) for h in heads for kernel, config in DEFAULT_POLICY.candidates(h)))
+    return list(dict.fromkeys((kernel, h, config) for h in heads for policy in (DEFAULT_POLICY, SPECIALISED)
+                              for kernel, config in policy.candidates(h)))
 
 
 def check(q, k, v, g, beta, h0, cu=None, *, dht=True, l2norm=False, policy=None, repeat=False):
@@ -121,6 +125,23 @@ def test_batch_of_dense_sequences():
 
 @pytest.mark.parametrize("policy", [None, SPLIT_256], ids=["unsplit", "split"])
 def test_gradients_are_bitwise_repeatable(policy):
+    check(*inputs(2000, 4, 16), repeat=True, policy=policy)
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 1000, 4096])
+@pytest.mark.parametrize("h_qk,h_v", [(2, 4), (16, 32)])
+def test_specialised_backward_matches_float64(h_qk, h_v, T):
+    """BackwardConfig(roles="specialised"): the warp-specialised build, checked as the serial one is."""
+    check(*inputs(T, h_qk, h_v), policy=SPECIALISED)
+
+
+def test_specialised_backward_split_on_varlen():
+    lengths = [1, 63, 1000, 1, 2000, 64, 130]
+    check(*inputs(sum(lengths), 2, 4, N=len(lengths), gates="mixed"), cu=offsets(lengths), policy=SPECIALISED_SPLIT_256)
+
+
+@pytest.mark.parametrize("policy", [SPECIALISED, SPECIALISED_SPLIT_256], ids=["unsplit", "split"])
+def test_specialised_backward_is_bitwise_repeatable(policy):
     check(*inputs(2000, 4, 16), repeat=True, policy=policy)
 
 
