@@ -125,11 +125,11 @@ def test_config_checks():
     with pytest.raises(ValueError, match=r"BackwardConfig.roles must be one of \('serial', 'specialised'\)"):
         BackwardConfig(roles="pipelined").check(Heads(2, 4))
     with pytest.raises(ValueError, match="state_gradient_only is a serial build"):
-        BackwardConfig(state_gradient_only=True).check(Heads(2, 4))
+        BackwardConfig(roles="specialised", state_gradient_only=True).check(Heads(2, 4))
     with pytest.raises(ValueError, match="the serial build takes none"):
         BackwardConfig(roles="serial", registers=(160, 120, 192, 40)).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
-        BackwardConfig(registers=(168, 128, 192, 40)).check(Heads(2, 4))
+        BackwardConfig(roles="specialised", registers=(168, 128, 192, 40)).check(Heads(2, 4))
     with pytest.raises(ValueError, match="block_v must be one of"):
         ForwardConfig(block_v=16).check(Heads(2, 4))
     with pytest.raises(ValueError, match="registers must be 4 multiples of 8"):
@@ -288,6 +288,25 @@ def test_backward_lowers_and_builds(h_qk, h_v, built):
 def test_specialised_backward_has_no_spills(built):
     _, rep = built("gdn_backward", Heads(16, 32), SPECIALISED)
     assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
+
+
+SHARED_MEMORY_PER_BLOCK = 232448  # Hopper's opt-in limit (227 KiB), dynamic and static together
+
+
+@pytest.mark.nvcc
+def test_specialised_backward_fits_in_shared_memory(tmp_path, built):
+    """The specialised build's buffers (inputs once each, dS hi and lo, the hand-offs) and its mbarriers
+    fit one CTA's shared memory: a launch past the limit fails only on the GPU."""
+    from gdnc.emit import build
+
+    path = tmp_path / "gdn_backward.py"
+    path.write_text(render(GDN, "gdn_backward", Heads(16, 32), SPECIALISED))
+    dynamic = build.dynamic_shared_memory(build.lower_artifact(path))
+    cuda, _ = built("gdn_backward", Heads(16, 32), SPECIALISED)
+    # the mbarriers are static: `__shared__ __align__(16) uint64_t <name>_mem[n]`, each 16-byte aligned
+    static = sum(-(-8 * int(n) // 16) * 16 for n in re.findall(r"__shared__ __align__\(16\) uint64_t \w+_mem\[(\d+)\]", cuda))
+    assert static > 0 and dynamic > 200 * 1024, (static, dynamic)
+    assert dynamic + static <= SHARED_MEMORY_PER_BLOCK, f"{dynamic} + {static} bytes of shared memory"
 
 
 @pytest.mark.nvcc

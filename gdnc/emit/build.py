@@ -47,15 +47,27 @@ def load_prim_func(path: Path):
     return module.build()
 
 
-def lower_cuda(path: Path) -> str:
-    """The CUDA C++ TileLang lowers a rendered source file to, for sm_90a; needs no GPU."""
+def lower_artifact(path: Path):
+    """What TileLang lowers a rendered source file to, for sm_90a (its CompiledArtifact: the CUDA C++
+    and the device module); needs no GPU."""
     import tilelang
     from tilelang import tvm
     from tvm.target import Target
 
     target = Target(TARGET)
     with tvm.transform.PassContext(opt_level=3, config=PASS_CONFIGS), target:
-        return tilelang.lower(load_prim_func(path), target=target).kernel_source
+        return tilelang.lower(load_prim_func(path), target=target)
+
+
+def lower_cuda(path: Path) -> str:
+    """The CUDA C++ TileLang lowers a rendered source file to, for sm_90a; needs no GPU."""
+    return lower_artifact(path).kernel_source
+
+
+def dynamic_shared_memory(artifact) -> int:
+    """The bytes of dynamic shared memory a lowered kernel (lower_artifact) launches with."""
+    return max(int(func.attrs["dyn_shared_memory_buf"]) for func in artifact.device_mod.functions.values()
+               if func.attrs is not None and "dyn_shared_memory_buf" in func.attrs)
 
 
 @dataclasses.dataclass(frozen=True)
