@@ -194,9 +194,9 @@ class BackwardConfig:
     gradient dS [K, V] in registers.
 
     roles:     "serial": two warpgroups hold dS and run every GEMM of a chunk one after another;
-               "specialised": four warpgroups (chain: dS; value: dV', dv, dk and dg; pairs: the C×C
-               products, dq and dβ; loader), handing tiles over through shared memory, each input
-               refilled as soon as its readers are done with it
+               "specialised": four warpgroups (chain: dS; value: dV', dv and dk; pairs: the C×C
+               products, dq and dβ; loader: the loads, and each chunk's dg), handing tiles over
+               through shared memory, each input refilled as soon as its readers are done with it
     registers: the specialised build's per-thread budgets (chain, value, pairs, loader), set with
                setmaxnreg; None: DEFAULT_BACKWARD_REGISTERS (the serial build leaves them to nvcc)
     state_gradient_only: only the chain of dS (context parallelism's local state gradients,
