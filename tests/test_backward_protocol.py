@@ -1,7 +1,9 @@
 """The specialised backward's mbarrier protocol, read from its rendered source and played out on the
-CPU: a barrier mistake hangs the GPU (or merges two chunks' phases) instead of failing a check, so
-every order in which the roles may run is explored here for a deadlock or an arrival into a phase
-that has not yet completed its previous one."""
+CPU: a barrier mistake hangs the GPU (or merges two chunks' phases, or lets a role overwrite a tile
+another still reads) instead of failing a check, so random orders in which the roles may run are
+explored here for a deadlock, an arrival into a phase still open, and (with vector clocks through
+the barriers) a shared-memory write unordered with another role's access. A role is one actor: its
+threads' order among themselves is the intra-role barriers' business, not modelled."""
 import random
 import re
 
@@ -112,3 +114,95 @@ def test_no_order_of_the_roles_deadlocks_or_merges_two_chunks():
     # pairs role never puts V' in place
     broken = dict(ops, value=[op for op in ops["value"] if op[:2] != ("arrive", "dvp_read")])
     assert any("deadlock" in problem for problem in explore(broken, counts, rounds=5))
+
+
+def accesses(code: str, shared: set[str]) -> list[tuple]:
+    """The step loop's shared-memory reads and writes and barrier operations, in program order:
+    ("read" | "write", buffer, slotted) besides operations()'s tuples. A GEMM reads its shared
+    operands, a copy or TMA load writes its shared destination, an element loop writes its target and
+    reads what its right-hand side names."""
+    ops = []
+    for line in code.split("\n"):
+        barrier = operations(line)
+        if barrier:
+            ops += barrier
+            continue
+        call = re.search(r"T\.(gemm|copy|tma_copy)\((.*)\)", line)
+        if call:
+            args = [a.strip() for a in call.group(2).split(",")]
+            names = [re.match(r"(\w+)", a).group(1) for a in args if re.match(r"(\w+)", a)]
+            if call.group(1) == "gemm":
+                ops += [("read", n, False) for n in names[:2] if n in shared]
+            else:
+                # the destination: the second argument (a slice of a global tensor spans commas)
+                target = [n for n in names[1:] if n in shared]
+                ops += [("read", names[0], False)] if names[0] in shared else []
+                ops += [("write", target[-1], False)] if target else []
+            continue
+        target = re.match(r"\s*(\w+)\[(s, )?[^\]]*\] = (.*)", line)
+        rest = target.group(3) if target else line
+        for name, slot in re.findall(r"(\w+)\[(s, )?", rest):
+            if name in shared:
+                ops.append(("read", name, bool(slot)))
+        if target and target.group(1) in shared:
+            ops.append(("write", target.group(1), bool(target.group(2))))
+    return ops
+
+
+def races(ops: dict[str, list], counts: dict[str, int], steps: int, rng: random.Random) -> list[str]:
+    """One random interleaving with vector clocks: a write and another role's access of the same buffer
+    (slot) with neither ordered before the other by the barriers."""
+    clock = {a: dict.fromkeys(ops, 0) for a in ops}
+    phase_clock = {}
+    done, arrived = dict.fromkeys(counts, 0), dict.fromkeys(counts, 0)
+    log, found = {}, []
+    at = dict.fromkeys(ops, (0, 0))
+    while any(s < steps for s, _ in at.values()):
+        ready = []
+        for actor, (step, i) in at.items():
+            if step == steps:
+                continue
+            op = ops[actor][i]
+            if op[0] != "wait" or done[op[1] + (str(step % 2) if op[2] else "")] >= op[3](step):
+                ready.append(actor)
+        assert ready, "deadlock"
+        actor = rng.choice(ready)
+        step, i = at[actor]
+        op = ops[actor][i]
+        clock[actor][actor] += 1
+        if op[0] in ("wait", "arrive"):
+            name = op[1] + (str(step % 2) if op[2] else "")
+            if op[0] == "arrive":
+                key = (name, done[name])
+                merged = phase_clock.setdefault(key, dict.fromkeys(ops, 0))
+                for a in merged:
+                    merged[a] = max(merged[a], clock[actor][a])
+                arrived[name] += ACTORS[actor]
+                if arrived[name] == counts[name]:
+                    arrived[name], done[name] = 0, done[name] + 1
+            else:
+                seen = phase_clock.get((name, op[3](step) - 1), {})
+                for a, t in seen.items():
+                    clock[actor][a] = max(clock[actor][a], t)
+        else:
+            buffer = op[1] + (str(step % 2) if op[2] else "")
+            for other, kind, stamp in log.get(buffer, []):
+                if other != actor and "write" in (kind, op[0]) and stamp > clock[actor][other]:
+                    found.append(f"{op[0]} of {buffer} by {actor} (step {step}) races a {kind} by {other}")
+            log.setdefault(buffer, []).append((actor, op[0], clock[actor][actor]))
+        at[actor] = (step, i + 1) if i + 1 < len(ops[actor]) else (step + 1, 0)
+    return found
+
+
+def test_no_buffer_is_written_while_another_role_may_still_read_it():
+    text = source()
+    counts = barriers(text)
+    shared = set(re.findall(r"(\w+) = T\.alloc_shared", text))
+    ops = {actor: accesses(code, shared) for actor, code in parts(text).items()}
+    assert sum(op[0] == "write" for op in ops["pairs"]) > 5 and sum(op[0] == "read" for op in ops["value"]) > 10
+    rng = random.Random(1)
+    found = sorted({race for steps in (1, 2, 3) for _ in range(100) for race in races(ops, counts, steps, rng)})
+    assert found == []
+    # and it finds a missing wait: the pairs role writing T into A_β's buffer before dv has read A_β
+    broken = dict(ops, pairs=[op for op in ops["pairs"] if op[:2] != ("wait", "dvp_read")])
+    assert any("ab_s" in race for _ in range(20) for race in races(broken, counts, 2, rng))
