@@ -320,6 +320,24 @@ def test_serial_backward_builds(built):
 
 
 @pytest.mark.nvcc
+def test_state_gradient_pass_is_the_chain_of_ds_alone(built):
+    """LOCAL_STATE_GRADIENT (a serial build, state_gradient_only), context parallelism's local state
+    gradients: the backward's GEMMs on the chain of dS only (P, K dS, Pgᵀ dO, A_βᵀ dV', Qᵀ dO', Kᵀ dU:
+    6 of the serial build's 21), reading neither states nor v and writing no token gradient; it builds
+    without spills."""
+    heads = Heads(16, 32)
+    code = lambda source: source[source.index("def build"):]  # noqa: E731  past the docstrings
+    full = code(render(GDN, "gdn_backward", heads, BackwardConfig(roles="serial")))
+    chain = code(render(GDN, "gdn_backward", heads, LOCAL_STATE_GRADIENT))
+    assert full.count("T.gemm(") == 21 and chain.count("T.gemm(") == 6
+    for name in ("states[", "v[t0", "dq_head", "dk_head", "dv[", "dg[", "dbeta[", "initial_state"):
+        assert name in full and name not in chain, name
+    cuda, rep = built("gdn_backward", heads, LOCAL_STATE_GRADIENT)
+    assert rep.wgmma and rep.tma and rep.launch_threads == 256
+    assert rep.spill_stores == rep.spill_loads == rep.stack_frame == 0, f"register spills {rep}"
+
+
+@pytest.mark.nvcc
 def test_states_pass_is_the_forward_storing_each_chunk_start_state(built):
     """ForwardConfig(store_states=True): the forward with one more store, of Ŝ, in the state role; the
     default build does not take the states arguments."""
