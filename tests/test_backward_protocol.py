@@ -55,67 +55,6 @@ def operations(code: str) -> list[tuple]:
     return ops
 
 
-def play(ops: dict[str, list], counts: dict[str, int], steps: int, rng: random.Random) -> str | None:
-    """One random interleaving of every actor's ``steps`` chunks; a description of what went wrong, or None."""
-    done = dict.fromkeys(counts, 0)
-    arrived = dict.fromkeys(counts, 0)
-    at = dict.fromkeys(ops, (0, 0))
-    while True:
-        ready = []
-        for actor, (step, i) in at.items():
-            if step == steps:
-                continue
-            op = ops[actor][i]
-            name = op[1] + (str(step % 2) if op[2] else "")
-            if op[0] == "arrive" or done[name] >= op[3](step):
-                ready.append(actor)
-        if not ready:
-            stuck = {a: ops[a][i][:2] for a, (s, i) in at.items() if s < steps}
-            return f"deadlock: {stuck}" if stuck else None
-        actor = rng.choice(ready)
-        step, i = at[actor]
-        op = ops[actor][i]
-        name = op[1] + (str(step % 2) if op[2] else "")
-        if op[0] == "arrive":
-            phase = step // 2 if op[2] else step
-            if done[name] != phase:
-                return f"{actor} arrives on {name} for step {step} while its phase {done[name]} is open"
-            arrived[name] += ACTORS[actor]
-            if arrived[name] == counts[name]:
-                arrived[name], done[name] = 0, done[name] + 1
-        at[actor] = (step, i + 1) if i + 1 < len(ops[actor]) else (step + 1, 0)
-
-
-def explore(ops, counts, rounds=200) -> list[str]:
-    rng = random.Random(0)
-    return [problem for steps in (1, 2, 3, 5) for _ in range(rounds) if (problem := play(ops, counts, steps, rng))]
-
-
-def test_every_barrier_is_declared_and_used_once_a_step():
-    text = source()
-    counts = barriers(text)
-    ops = {actor: operations(code) for actor, code in parts(text).items()}
-    used = {op[1] + (str(i) if op[2] else "") for actor in ops for op in ops[actor] for i in (0, 1)}
-    assert {name.rstrip("01") for name in used} == {name.rstrip("01") for name in counts}
-    # each barrier's arrivals a step add up to its count (the rings': to theirs, each slot once in two steps)
-    for name, count in counts.items():
-        base, ring = (name[:-1], True) if name[-1] in "01" and name[:-1] + "0" in counts else (name, False)
-        total = sum(ACTORS[actor] for actor in ops for op in ops[actor] if op[0] == "arrive" and op[1] == base)
-        assert total == count, (name, total, count)
-
-
-def test_no_order_of_the_roles_deadlocks_or_merges_two_chunks():
-    text = source()
-    counts = barriers(text)
-    ops = {actor: operations(code) for actor, code in parts(text).items()}
-    assert all(ops.values()) and len(ops["pairs"]) > 30
-    assert explore(ops, counts) == []
-    # and the exploration finds a missing arrival: without the value role's "dv has read dV'", the
-    # pairs role never puts V' in place
-    broken = dict(ops, value=[op for op in ops["value"] if op[:2] != ("arrive", "dvp_read")])
-    assert any("deadlock" in problem for problem in explore(broken, counts, rounds=5))
-
-
 def accesses(code: str, shared: set[str]) -> list[tuple]:
     """The step loop's shared-memory reads and writes and barrier operations, in program order:
     ("read" | "write", buffer, slotted) besides operations()'s tuples. A GEMM reads its shared
@@ -149,49 +88,79 @@ def accesses(code: str, shared: set[str]) -> list[tuple]:
     return ops
 
 
-def races(ops: dict[str, list], counts: dict[str, int], steps: int, rng: random.Random) -> list[str]:
-    """One random interleaving with vector clocks: a write and another role's access of the same buffer
-    (slot) with neither ordered before the other by the barriers."""
+def play(ops: dict[str, list], counts: dict[str, int], steps: int, rng: random.Random) -> list[str]:
+    """One random interleaving of every actor's ``steps`` chunks (ops: operations() or accesses() lists),
+    with vector clocks carried through the barriers; what went wrong: a deadlock, an arrival into a
+    phase still open, or a write and another role's access of the same buffer (slot) with neither
+    ordered before the other."""
     clock = {a: dict.fromkeys(ops, 0) for a in ops}
     phase_clock = {}
     done, arrived = dict.fromkeys(counts, 0), dict.fromkeys(counts, 0)
     log, found = {}, []
     at = dict.fromkeys(ops, (0, 0))
+    slotted = lambda name, step, slot: name + (str(step % 2) if slot else "")  # noqa: E731  a ring's slot
     while any(s < steps for s, _ in at.values()):
         ready = []
         for actor, (step, i) in at.items():
-            if step == steps:
-                continue
-            op = ops[actor][i]
-            if op[0] != "wait" or done[op[1] + (str(step % 2) if op[2] else "")] >= op[3](step):
+            op = ops[actor][i] if step < steps else None
+            if op is not None and (op[0] != "wait" or done[slotted(op[1], step, op[2])] >= op[3](step)):
                 ready.append(actor)
-        assert ready, "deadlock"
+        if not ready:
+            return found + [f"deadlock: {({a: ops[a][i][:2] for a, (s, i) in at.items() if s < steps})}"]
         actor = rng.choice(ready)
         step, i = at[actor]
         op = ops[actor][i]
         clock[actor][actor] += 1
-        if op[0] in ("wait", "arrive"):
-            name = op[1] + (str(step % 2) if op[2] else "")
-            if op[0] == "arrive":
-                key = (name, done[name])
-                merged = phase_clock.setdefault(key, dict.fromkeys(ops, 0))
-                for a in merged:
-                    merged[a] = max(merged[a], clock[actor][a])
-                arrived[name] += ACTORS[actor]
-                if arrived[name] == counts[name]:
-                    arrived[name], done[name] = 0, done[name] + 1
-            else:
-                seen = phase_clock.get((name, op[3](step) - 1), {})
-                for a, t in seen.items():
-                    clock[actor][a] = max(clock[actor][a], t)
+        name = slotted(op[1], step, op[2])
+        if op[0] == "arrive":
+            if done[name] != (step // 2 if op[2] else step):
+                return found + [f"{actor} arrives on {name} for step {step} while its phase {done[name]} is open"]
+            merged = phase_clock.setdefault((name, done[name]), dict.fromkeys(ops, 0))
+            for a in merged:
+                merged[a] = max(merged[a], clock[actor][a])
+            arrived[name] += ACTORS[actor]
+            if arrived[name] == counts[name]:
+                arrived[name], done[name] = 0, done[name] + 1
+        elif op[0] == "wait":
+            for a, t in phase_clock.get((name, op[3](step) - 1), {}).items():
+                clock[actor][a] = max(clock[actor][a], t)
         else:
-            buffer = op[1] + (str(step % 2) if op[2] else "")
-            for other, kind, stamp in log.get(buffer, []):
+            for other, kind, stamp in log.get(name, []):
                 if other != actor and "write" in (kind, op[0]) and stamp > clock[actor][other]:
-                    found.append(f"{op[0]} of {buffer} by {actor} (step {step}) races a {kind} by {other}")
-            log.setdefault(buffer, []).append((actor, op[0], clock[actor][actor]))
+                    found.append(f"{op[0]} of {name} by {actor} (step {step}) races a {kind} by {other}")
+            log.setdefault(name, []).append((actor, op[0], clock[actor][actor]))
         at[actor] = (step, i + 1) if i + 1 < len(ops[actor]) else (step + 1, 0)
     return found
+
+
+def explore(ops, counts, steps=(1, 2, 3, 5), rounds=200, seed=0) -> list[str]:
+    rng = random.Random(seed)
+    return sorted({problem for n in steps for _ in range(rounds) for problem in play(ops, counts, n, rng)})
+
+
+def test_every_barrier_is_declared_and_used_once_a_step():
+    text = source()
+    counts = barriers(text)
+    ops = {actor: operations(code) for actor, code in parts(text).items()}
+    used = {op[1] + (str(i) if op[2] else "") for actor in ops for op in ops[actor] for i in (0, 1)}
+    assert {name.rstrip("01") for name in used} == {name.rstrip("01") for name in counts}
+    # each barrier's arrivals a step add up to its count (the rings': to theirs, each slot once in two steps)
+    for name, count in counts.items():
+        base = name[:-1] if name[-1] in "01" and name[:-1] + "0" in counts else name
+        total = sum(ACTORS[actor] for actor in ops for op in ops[actor] if op[0] == "arrive" and op[1] == base)
+        assert total == count, (name, total, count)
+
+
+def test_no_order_of_the_roles_deadlocks_or_merges_two_chunks():
+    text = source()
+    counts = barriers(text)
+    ops = {actor: operations(code) for actor, code in parts(text).items()}
+    assert all(ops.values()) and len(ops["pairs"]) > 30
+    assert explore(ops, counts) == []
+    # and the exploration finds a missing arrival: without the value role's "dv has read dV'", the
+    # pairs role never puts V' in place
+    broken = dict(ops, value=[op for op in ops["value"] if op[:2] != ("arrive", "dvp_read")])
+    assert any("deadlock" in problem for problem in explore(broken, counts, rounds=5))
 
 
 def test_no_buffer_is_written_while_another_role_may_still_read_it():
@@ -200,9 +169,7 @@ def test_no_buffer_is_written_while_another_role_may_still_read_it():
     shared = set(re.findall(r"(\w+) = T\.alloc_shared", text))
     ops = {actor: accesses(code, shared) for actor, code in parts(text).items()}
     assert sum(op[0] == "write" for op in ops["pairs"]) > 5 and sum(op[0] == "read" for op in ops["value"]) > 10
-    rng = random.Random(1)
-    found = sorted({race for steps in (1, 2, 3) for _ in range(100) for race in races(ops, counts, steps, rng)})
-    assert found == []
+    assert explore(ops, counts, steps=(1, 2, 3), rounds=100, seed=1) == []
     # and it finds a missing wait: the pairs role writing T into A_β's buffer before dv has read A_β
     broken = dict(ops, pairs=[op for op in ops["pairs"] if op[:2] != ("wait", "dvp_read")])
-    assert any("ab_s" in race for _ in range(20) for race in races(broken, counts, 2, rng))
+    assert any("ab_s" in race for race in explore(broken, counts, steps=(2,), rounds=20, seed=1))
